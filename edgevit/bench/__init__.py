@@ -1,0 +1,1 @@
+"""Validation (accuracy vs the float model), latency benchmarks and run reports."""

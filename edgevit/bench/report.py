@@ -1,0 +1,183 @@
+"""Run report: one table of every artifact (accuracy, fidelity, latency, size), as JSON, Markdown
+and an HTML page with a plot of accuracy against latency, the Pareto front marked."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunDirError
+from ..manifest import RUN_MANIFEST, write_json
+
+COLUMNS = [  # (key, header, format)
+    ("name", "artifact", "{}"), ("runtime_precision", "precision", "{}"), ("size_mb", "size MB", "{:.1f}"),
+    ("top1", "top-1 %", "{:.2f}"), ("top1_drop_pts", "drop pts", "{:+.2f}"), ("agreement_pct", "agree %", "{:.2f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"), ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+    ("throughput_ips", "img/s", "{:.1f}"), ("speedup_vs_eager", "× eager", "{:.2f}"),
+    ("peak_mem_mb", "peak MB", "{:.0f}"),
+]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_MANIFEST).is_file():
+        raise RunDirError(f"{run_dir} is not an edgevit run directory (no {RUN_MANIFEST})",
+                          "pass the --out folder of `edgevit export` or `edgevit run`")
+    run = _load(run_dir / RUN_MANIFEST)
+    val, bench = _load(run_dir / "results" / "validate.json"), _load(run_dir / "results" / "bench.json")
+    rows: dict[str, dict[str, Any]] = {}
+    for name, b in bench.items():
+        rows[name] = {"name": name, **b}
+    for name, v in val.items():
+        rows.setdefault(name, {"name": name, "runtime_precision": v.get("runtime_precision")}).update(v)
+    if val and "pytorch-eager" in rows:
+        first = next(iter(val.values()))
+        rows["pytorch-eager"].update(top1=first["float_top1"], top5=first["float_top5"], top1_drop_pts=0.0,
+                                     agreement_pct=100.0)
+    ordered = sorted(rows.values(), key=lambda r: (r["name"] != "pytorch-eager", r.get("p50_ms", 1e9)))
+    mark_pareto(ordered)
+    history = [json.loads(line) for line in (run_dir / "model" / "history.jsonl").read_text().splitlines()
+               if line.strip()] if (run_dir / "model" / "history.jsonl").exists() else []
+    return {"run": run, "rows": ordered, "training": history}
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """A row is on the front when no other row is at least as fast and at least as accurate (and better in one)."""
+    pts = [r for r in rows if "p50_ms" in r]
+    acc = "top1" if all("top1" in r for r in pts) else None
+    for r in pts:
+        ra = r.get(acc, 0) if acc else 0
+        r["pareto"] = not any(
+            o is not r and o["p50_ms"] <= r["p50_ms"] and (o.get(acc, 0) if acc else 0) >= ra
+            and (o["p50_ms"] < r["p50_ms"] or (o.get(acc, 0) if acc else 0) > ra) for o in pts)
+
+
+def plot(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if "p50_ms" in r]
+    if not pts:
+        return None
+    has_acc = all("top1" in r for r in pts)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    colors = {"pytorch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#6a3d9a"}
+    ys = [r["top1"] if has_acc else r.get("size_mb", 0) for r in pts]
+    span = max(ys) - min(ys)
+    xspan = max(r["p50_ms"] for r in pts) - min(r["p50_ms"] for r in pts) or 1.0
+    placed: list[tuple[float, float]] = []
+    for r, y in sorted(zip(pts, ys), key=lambda t: t[0]["p50_ms"]):
+        ax.scatter(r["p50_ms"], y, s=90 if r.get("pareto") else 45, zorder=3,
+                   color=colors.get(r.get("backend"), "#d62728"), edgecolor="black" if r.get("pareto") else "none")
+        # stack labels of points that sit close together instead of printing them over each other
+        near = sum(1 for px, py in placed
+                   if abs(py - y) <= max(span, 1.0) * 0.04 and abs(px - r["p50_ms"]) <= 0.25 * xspan)
+        placed.append((r["p50_ms"], y))
+        ax.annotate(f"{r['name']} ({r.get('runtime_precision') or r.get('precision')})", (r["p50_ms"], y),
+                    textcoords="offset points", xytext=(6, 5 - 11 * near), fontsize=8)
+    if has_acc:
+        lo, hi = min(ys), max(ys)
+        pad = max(0.0, 2.0 - (hi - lo)) / 2  # at least 2 points of top-1 on the axis: no magnified noise
+        ax.set_ylim(lo - pad - 0.6, hi + pad + 0.4)
+        ref = next((r["top1"] for r in pts if r["name"] == "pytorch-eager"), None)
+        if ref is not None:
+            ax.axhline(ref, color="#7f7f7f", ls="--", lw=0.8, label="float PyTorch")
+    front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["p50_ms"])
+    if has_acc and front:
+        ax.step([r["p50_ms"] for r in front], [r["top1"] for r in front], where="post", color="#2ca02c",
+                lw=1.5, label="Pareto front", zorder=2)
+    for backend, c in colors.items():
+        if any(r.get("backend") == backend for r in pts):
+            ax.scatter([], [], color=c, label=backend)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("p50 latency, ms (lower is better)")
+    ax.set_ylabel("top-1 % (higher is better)" if has_acc else "size MB")
+    ax.set_title("accuracy vs latency" if has_acc else "size vs latency (no --data: no accuracy)")
+    ax.grid(alpha=0.3)
+    names = [r["name"] for r in pts]
+    p50 = [r["p50_ms"] for r in pts]
+    err = [[0] * len(pts), [r["p90_ms"] - r["p50_ms"] for r in pts]]
+    bx.barh(names, p50, xerr=err, color=[colors.get(r.get("backend"), "#d62728") for r in pts], capsize=3)
+    bx.invert_yaxis()
+    bx.set_xlabel("latency ms (bar p50, whisker p90)")
+    bx.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(r: dict[str, Any], key: str, fmt: str) -> str:
+    v = r.get(key)
+    if v is None:
+        return "—"
+    return fmt.format(v) if not isinstance(v, str) else v
+
+
+def markdown(data: dict[str, Any]) -> str:
+    run = data["run"]
+    lines = [f"# edgevit report: {run['model']['name']}", "",
+             f"- command: `{run.get('command', '')}`", f"- created: {run.get('created')}",
+             f"- data: {run.get('data') or '(none: no accuracy)'} ({run.get('split')})",
+             f"- input: {run['data_config']['input_size']}", "",
+             "| " + " | ".join(h for _, h, _ in COLUMNS) + " | Pareto |",
+             "|" + "---|" * (len(COLUMNS) + 1)]
+    for r in data["rows"]:
+        lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + f" | {'★' if r.get('pareto') else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def html_page(data: dict[str, Any], png: Path | None) -> str:
+    run = data["run"]
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in COLUMNS)
+    body = "".join(
+        f"<tr class='{'pareto' if r.get('pareto') else ''}'>"
+        + "".join(f"<td>{html.escape(_fmt(r, k, f))}</td>" for k, _, f in COLUMNS) + "</tr>" for r in data["rows"])
+    img = ""
+    if png is not None:
+        b64 = base64.b64encode(png.read_bytes()).decode()
+        img = f"<img alt='accuracy vs latency' src='data:image/png;base64,{b64}'>"
+    train = ""
+    if data["training"]:
+        last = data["training"][-1]
+        train = (f"<p>Trained here for {last.get('epoch', 0) + 1} epoch(s): final val top-1 "
+                 f"{last.get('val_top1', float('nan')):.2f} %, train loss {last.get('train_loss', float('nan')):.3f}.</p>")
+    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
+        ("model", f"{run['model']['name']} ({run.get('params', 0) / 1e6:.2f} M params)"),
+        ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
+        ("command", run.get("command")), ("created", run.get("created")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit report</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
+h1{{font-size:1.5em}} img{{max-width:100%;border:1px solid #ddd;border-radius:6px}}
+table{{border-collapse:collapse;margin:1em 0;font-size:.92em}} td,th{{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right}}
+td:first-child,th:first-child{{text-align:left}} th{{background:#f6f6f6}} tr.pareto td{{background:#eefbea;font-weight:600}}
+.note{{color:#666;font-size:.9em}}</style></head><body>
+<h1>edgevit report: {html.escape(run['model']['name'])}</h1>
+{img}
+<table><tr>{head}</tr>{body}</table>
+<p class="note">Green rows are on the Pareto front (no other artifact is both faster and at least as accurate).
+Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
+{data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up.</p>
+{train}<ul class="note">{facts}</ul></body></html>"""
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write report.json, report.md, report.html and plot.png into ``run_dir``; return the HTML path."""
+    run_dir = Path(run_dir)
+    data = collect(run_dir)
+    png = plot(data["rows"], f"{data['run']['model']['name']} @ {data['run']['data_config']['input_size'][-1]}px",
+               run_dir / "plot.png")
+    write_json(run_dir / "report.json", data)
+    (run_dir / "report.md").write_text(markdown(data))
+    (run_dir / "report.html").write_text(html_page(data, png))
+    return run_dir / "report.html"

@@ -1,0 +1,85 @@
+"""Accuracy of an artifact against the float PyTorch model, on the same labelled images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..data import eval_transform, load_split, make_loader
+from ..progress import progress_bar
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def torch_predict(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).float().numpy()
+
+    return predict
+
+
+def compare(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], batches: Iterable,
+            total: int | None = None, label: str = "validating") -> dict[str, dict[str, np.ndarray]]:
+    """Run every predictor over the same batches; return logits and labels per predictor."""
+    out: dict[str, list] = {k: [] for k in predictors}
+    labels: list[np.ndarray] = []
+    with progress_bar(label, total=total, unit="img") as advance:
+        for x, y in batches:
+            xn = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            for name, fn in predictors.items():
+                out[name].append(fn(xn))
+            labels.append(np.asarray(y))
+            advance(len(xn))
+    y_all = np.concatenate(labels)
+    return {k: {"logits": np.concatenate(v), "labels": y_all} for k, v in out.items()}
+
+
+def accuracy_row(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"top1": 100.0 * topk_correct(logits, labels, 1).mean(),
+            "top5": 100.0 * topk_correct(logits, labels, 5).mean()}
+
+
+def fidelity(art: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Top-1/top-5 of both, agreement of their argmax, drop in points, logit differences."""
+    a, r = accuracy_row(art, labels), accuracy_row(ref, labels)
+    agree = float((art.argmax(1) == ref.argmax(1)).mean() * 100.0)
+    # Paired view of the difference: images only one of the two gets right.
+    art_ok, ref_ok = art.argmax(1) == labels, ref.argmax(1) == labels
+    return {
+        "images": int(len(labels)),
+        "top1": a["top1"], "top5": a["top5"],
+        "float_top1": r["top1"], "float_top5": r["top5"],
+        "top1_drop_pts": r["top1"] - a["top1"],
+        "agreement_pct": agree,
+        "only_float_correct": int((ref_ok & ~art_ok).sum()),
+        "only_artifact_correct": int((art_ok & ~ref_ok).sum()),
+        "max_abs_logit_diff": float(np.abs(art - ref).max()),
+        "mean_abs_logit_diff": float(np.abs(art - ref).mean()),
+    }
+
+
+def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module, data_cfg: dict,
+                     source: str, split: str = "test", batch_size: int = 64, limit: int | None = None,
+                     val_fraction: float = 0.2, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Validate several artifacts in one pass over the data (each image decoded once)."""
+    ds = load_split(source, split, eval_transform(data_cfg), val_fraction=val_fraction, seed=seed, limit=limit)
+    preds = {"__float__": torch_predict(float_model), **runners}
+    res = compare(preds, make_loader(ds, batch_size), total=len(ds), label=f"validating {len(runners)} artifact(s)")
+    ref = res["__float__"]["logits"]
+    labels = res["__float__"]["labels"]
+    data = {"source": str(source), "split": split, "images": len(ds), "classes": len(ds.classes or [])}
+    out = {}
+    for name in runners:
+        out[name] = {"data": data, **fidelity(res[name]["logits"], ref, labels)}
+    return out
+
+
+def source_label(source: str | Path) -> str:
+    return Path(str(source)).name or str(source)

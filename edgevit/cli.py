@@ -1,0 +1,223 @@
+"""The ``edgevit`` command: a thin typer layer over the Python API (edgevit.pipeline)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgeVitError
+
+app = typer.Typer(
+    help="Vision Transformers from training to the edge device.\n\n"
+         "Start offline with `edgevit quickstart`; export a model with "
+         "`edgevit export --model deit_tiny --target openvino --checkpoint weights.pth --data val/`.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """EdgeVitError -> one clear red message and exit code 2; Ctrl-C -> exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeVitError as e:
+            err.print(f"[bold red]error:[/] {e.what}", highlight=False)
+            if e.fix:
+                err.print(f"[yellow]fix:[/] {e.fix}", highlight=False)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: unfinished artifacts were removed; completed ones are kept")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def _split_targets(values: List[str]) -> List[str]:
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _default_out(model: str, targets: List[str]) -> Path:
+    base = Path("runs") / f"{model}-{'+'.join(targets) if len(targets) <= 2 else 'multi'}"
+    path, i = base, 2
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+@app.command()
+@friendly
+def models():
+    """List the model zoo's short names (any timm model name works as well)."""
+    from .models import list_models
+
+    t = Table("name", "timm model", "family", "params M", "ImageNet top-1", "note", title="edgevit models")
+    for m in list_models():
+        t.add_row(m.name, m.timm_name, m.family, f"{m.params_m:.1f}",
+                  f"{m.imagenet_top1:.1f}" if m.imagenet_top1 else "—", m.note)
+    out.print(t)
+
+
+@app.command()
+@friendly
+def targets():
+    """List export targets, their backend and whether it is installed here."""
+    from .targets import PLANNED, list_targets
+
+    t = Table("target", "backend", "precision", "status", "what it makes", title="edgevit targets")
+    for tg in list_targets():
+        miss = tg.missing()
+        t.add_row(tg.name, tg.backend, tg.precision,
+                  "[green]ready[/]" if not miss else f"[red]needs {', '.join(miss)}[/]", tg.description)
+    for name, what in PLANNED.items():
+        t.add_row(f"[dim]{name}[/]", "", "", "[dim]not built yet[/]", f"[dim]{what}[/]")
+    out.print(t)
+
+
+@app.command()
+@friendly
+def export(
+    model: str = typer.Option("deit_tiny", "--model", "-m", help="zoo short name (`edgevit models`) or any timm name"),
+    target: List[str] = typer.Option(["onnx"], "--target", "-t", help="one or more targets, repeat or comma-separate (`edgevit targets`)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="local weights: timm/DeiT .pth (with or without a 'model' key) or .safetensors"),
+    pretrained: bool = typer.Option(True, help="download timm's hub weights when no --checkpoint is given (needs internet)"),
+    num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
+    img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
+    patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
+    data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
+    split: str = typer.Option("test", help="train | val | test | all"),
+    limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
+    val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own split (digits, a flat folder)"),
+    seed: int = typer.Option(0, help="seed of that deterministic, stratified split"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<target>)"),
+    exist_ok: bool = typer.Option(False, help="write into an existing --out"),
+    bench: bool = typer.Option(True, help="benchmark latency after export"),
+    batch: int = typer.Option(1, help="benchmark batch size"),
+    threads: Optional[int] = typer.Option(None, help="benchmark threads (default: all cores)"),
+):
+    """Export a model to one or more targets, check each against PyTorch, validate, bench and report.
+
+    Example (offline, with local weights):
+
+        edgevit export --model deit_tiny --target onnx,openvino --checkpoint deit_tiny.pth --data imagenet/val
+    """
+    from .models import ModelSpec
+    from .pipeline import ExportOptions, run_export
+
+    tgts = _split_targets(target)
+    spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                     checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
+    opts = ExportOptions(targets=tgts, out=out_dir or _default_out(model, tgts), data=data, split=split,
+                         val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit, bench=bench, batch=batch, threads=threads)
+    run_export(spec, opts)
+
+
+@app.command()
+@friendly
+def validate(
+    artifacts: List[Path] = typer.Argument(..., help="artifact directories (runs/<run>/artifacts/<target>)"),
+    data: str = typer.Option(..., help="labelled images: ImageFolder, CIFAR folder or 'digits'"),
+    split: str = typer.Option("test", help="train | val | test | all"),
+    limit: Optional[int] = typer.Option(None, help="a stratified subset of this many images"),
+    val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own split"),
+    seed: int = typer.Option(0, help="seed of that deterministic, stratified split"),
+    batch_size: int = typer.Option(64),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
+):
+    """Top-1/top-5 of each artifact and of its float PyTorch model on the same images: agreement, drop."""
+    from .pipeline import validate_artifacts
+
+    res = validate_artifacts(list(artifacts), data, split, limit=limit, val_fraction=val_fraction, seed=seed,
+                             batch_size=batch_size)
+    t = Table("artifact", "images", "top-1", "float top-1", "drop pts", "agreement %", "top-5", "max |Δlogit|")
+    for name, r in res.items():
+        t.add_row(name, str(r["images"]), f"{r['top1']:.2f}", f"{r['float_top1']:.2f}", f"{r['top1_drop_pts']:+.2f}",
+                  f"{r['agreement_pct']:.2f}", f"{r['top5']:.2f}", f"{r['max_abs_logit_diff']:.2e}")
+    out.print(t)
+    if json_out:
+        from .manifest import write_json
+        write_json(json_out, res)
+
+
+@app.command("bench")
+@friendly
+def bench_cmd(
+    artifacts: List[Path] = typer.Argument(..., help="artifact directories"),
+    batch: int = typer.Option(1), threads: Optional[int] = typer.Option(None, help="default: all cores"),
+    warmup: int = typer.Option(10), iters: int = typer.Option(100),
+    reference: bool = typer.Option(True, help="include PyTorch eager as the reference row"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
+):
+    """Latency of artifacts: warm-up, then p50/p90/p99, throughput, peak memory, size; PyTorch eager first."""
+    from .pipeline import bench_artifacts
+
+    rows = bench_artifacts(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
+                           reference=reference)
+    t = Table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB")
+    for r in rows:
+        t.add_row(r["name"], str(r.get("runtime_precision")), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                  f"{r['p99_ms']:.2f}", f"{r['throughput_ips']:.1f}", f"{r.get('speedup_vs_eager', 1):.2f}",
+                  f"{r['peak_mem_mb']:.0f}", f"{r['size_mb']:.1f}")
+    out.print(t)
+    if json_out:
+        from .manifest import write_json
+        write_json(json_out, rows)
+
+
+@app.command()
+@friendly
+def report(run_dir: Path = typer.Argument(..., help="a run directory made by export/run/quickstart")):
+    """Write report.json, report.md and report.html (with plot.png) for a run directory."""
+    from .bench.report import write_report
+
+    path = write_report(run_dir)
+    out.print(f"report: {path}")
+
+
+@app.command()
+@friendly
+def run(
+    recipe: Path = typer.Argument(..., help="a recipe YAML (see recipes/)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="overrides the recipe's 'out'"),
+    exist_ok: bool = typer.Option(False, help="write into an existing output directory"),
+):
+    """Run a recipe file: optional training, then export, validate, bench and report."""
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if out_dir:
+        r.out = str(out_dir)
+    run_recipe(r, exist_ok=exist_ok)
+
+
+@app.command()
+@friendly
+def quickstart(
+    out_dir: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
+    exist_ok: bool = typer.Option(False, help="write into an existing output directory"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default 8)"),
+):
+    """Offline demo: train a small DeiT-Ti on the embedded digits, export to every target, validate, bench, report."""
+    from .pipeline import run_recipe
+    from .recipe import quickstart_recipe
+
+    r = quickstart_recipe()
+    r.out = str(out_dir)
+    if epochs is not None:
+        r.train.epochs = epochs
+    run_recipe(r, exist_ok=exist_ok)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

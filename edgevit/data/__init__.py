@@ -1,0 +1,121 @@
+"""Data: where labelled images come from (``--data``) and how they are preprocessed.
+
+``--data`` takes ``digits`` (the embedded default), a CIFAR-10/100 pickle folder, or an
+ImageFolder tree. Preprocessing comes from the model's timm data config, stored in every manifest
+so that validation reproduces it exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .readers import Cifar, Digits, ImageFolder, Transformed, load_image, read_cifar_batch
+
+__all__ = [
+    "Cifar", "Digits", "ImageFolder", "Transformed", "load_image", "read_cifar_batch",
+    "open_source", "load_split", "split_indices", "data_config", "eval_transform", "make_loader",
+    "EMBEDDED",
+]
+
+EMBEDDED = "digits"
+SPLITS = ("train", "val", "test", "all")
+
+
+def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
+    """Reader for ``split`` of ``source``; the bool says whether the split is native to the source.
+
+    Sources without their own held-out split (digits, a flat ImageFolder) return everything and
+    ``False``, and :func:`load_split` carves a deterministic, stratified hold-out.
+    """
+    if str(source) == EMBEDDED:
+        return Digits(), False
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data source {path} does not exist",
+                        f"pass an ImageFolder or CIFAR folder, or '{EMBEDDED}' for the embedded digits")
+    if path.is_file():
+        raise DataError(f"data source {path} is a file",
+                        "pass the folder that holds the CIFAR batches or the class folders")
+    if any((path / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test")):
+        return Cifar(path, "train" if split == "train" else "test"), True  # val and test: the test batch
+    sub = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"]}
+    for name in sub.get(split, []):
+        if (path / name).is_dir():
+            return ImageFolder(path / name), True
+    return ImageFolder(path), False
+
+
+def split_indices(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified, deterministic train/val split: the same seed gives the same split everywhere."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}", "use e.g. --val-fraction 0.2")
+    rng = np.random.default_rng(seed)
+    targets_arr = np.asarray(targets)
+    train, val = [], []
+    for c in np.unique(targets_arr):
+        idx = np.flatnonzero(targets_arr == c)
+        rng.shuffle(idx)
+        n_val = max(1, int(round(len(idx) * val_fraction))) if len(idx) > 1 else 0
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def load_split(source: str | Path, split: str, transform=None, val_fraction: float = 0.2,
+               seed: int = 0, limit: int | None = None) -> Transformed:
+    """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    base, native = open_source(source, split)
+    indices: list[int] | None = None
+    if not native and split != "all":
+        train, val = split_indices(base.targets, val_fraction, seed)
+        indices = train if split == "train" else val
+    if limit is not None and limit < len(indices if indices is not None else base):
+        pool = indices if indices is not None else list(range(len(base)))
+        frac = limit / len(pool)
+        _, keep = split_indices([base.targets[i] for i in pool], frac, seed)
+        indices = [pool[i] for i in keep][:limit]
+    return Transformed(base, indices, transform)
+
+
+def data_config(model: torch.nn.Module, img_size: int | None = None) -> dict[str, Any]:
+    """The model's timm preprocessing, resized to ``img_size``; small images are not center-cropped."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    size = img_size or _model_img_size(model) or cfg["input_size"][-1]
+    cfg["input_size"] = (3, size, size)
+    if size <= 64:  # CIFAR/digits-sized inputs are whole images: cropping would cut content away
+        cfg["crop_pct"] = 1.0
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def _model_img_size(model: torch.nn.Module) -> int | None:
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None) if pe is not None else None
+    if isinstance(size, (tuple, list)):
+        return int(size[0])
+    return int(size) if size else None
+
+
+def eval_transform(cfg: dict[str, Any]):
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=tuple(cfg["input_size"]), is_training=False, interpolation=cfg["interpolation"],
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=cfg["crop_pct"],
+        crop_mode=cfg.get("crop_mode", "center"),
+    )
+
+
+def make_loader(ds: Dataset, batch_size: int = 64, shuffle: bool = False, workers: int = 0,
+                seed: int = 0, drop_last: bool = False) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
+                      drop_last=drop_last, persistent_workers=workers > 0)

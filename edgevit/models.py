@@ -1,0 +1,250 @@
+"""Model zoo: short names for the DeiT/ViT/Mixer rows edgevit knows, mapped to timm.
+
+Any other timm model name is accepted as-is. Weights come from a local ``checkpoint``
+(timm/DeiT ``.pth`` with or without a ``model`` key, or ``.safetensors``), or from timm's hub
+when ``pretrained=True`` and the machine is online.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, ModelError, OfflineError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One row of the zoo. ``family`` says what the model is made of (token pruning needs 'vit')."""
+
+    name: str
+    timm_name: str
+    family: str  # "vit" (class token + attention blocks) or "mixer"
+    distilled: bool = False
+    params_m: float = 0.0
+    imagenet_top1: float | None = None  # as published (DeiT paper, tables 1 and 5)
+    note: str = ""
+
+
+_ZOO: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _ZOO:
+        raise ValueError(f"model {entry.name!r} registered twice")
+    _ZOO[entry.name] = entry
+    return entry
+
+
+for _e in [
+    ModelEntry("deit_tiny", "deit_tiny_patch16_224", "vit", False, 5.7, 72.2, "DeiT-Ti"),
+    ModelEntry("deit_small", "deit_small_patch16_224", "vit", False, 22.1, 79.8, "DeiT-S"),
+    ModelEntry("deit_base", "deit_base_patch16_224", "vit", False, 86.6, 81.8, "DeiT-B"),
+    ModelEntry("deit_tiny_distilled", "deit_tiny_distilled_patch16_224", "vit", True, 5.9, 74.5,
+               "DeiT-Ti with distillation token"),
+    ModelEntry("deit_small_distilled", "deit_small_distilled_patch16_224", "vit", True, 22.4, 81.2,
+               "DeiT-S with distillation token"),
+    ModelEntry("deit_base_distilled", "deit_base_distilled_patch16_224", "vit", True, 87.3, 83.4,
+               "DeiT-B with distillation token"),
+    ModelEntry("vit_tiny", "vit_tiny_patch16_224", "vit", False, 5.7, None, "ViT-Ti/16"),
+    ModelEntry("vit_small", "vit_small_patch16_224", "vit", False, 22.1, None, "ViT-S/16"),
+    ModelEntry("vit_base", "vit_base_patch16_224", "vit", False, 86.6, 77.9, "ViT-B/16"),
+    ModelEntry("vit_large", "vit_large_patch16_224", "vit", False, 304.3, 76.5, "ViT-L/16"),
+    ModelEntry("vit_huge", "vit_huge_patch14_224", "vit", False, 632.0, None, "ViT-H/14"),
+    ModelEntry("mixer_b16", "mixer_b16_224", "mixer", False, 59.9, 76.4,
+               "MLP-Mixer B/16 (no attention: token pruning does not apply)"),
+    ModelEntry("mixer_l16", "mixer_l16_224", "mixer", False, 208.2, 71.8,
+               "MLP-Mixer L/16 (no attention: token pruning does not apply)"),
+]:
+    register(_e)
+
+
+def list_models() -> list[ModelEntry]:
+    return list(_ZOO.values())
+
+
+def resolve(name: str) -> ModelEntry:
+    """Zoo short name, or any timm model name (family guessed from its name)."""
+    if name in _ZOO:
+        return _ZOO[name]
+    import timm
+
+    if name in timm.list_models():
+        family = "mixer" if "mixer" in name else "vit" if ("vit" in name or "deit" in name) else "other"
+        return ModelEntry(name, name, family, distilled="distilled" in name)
+    close = [n for n in list(_ZOO) if name.split("_")[0] in n][:5]
+    close += timm.list_models(f"*{name}*")[:5]
+    raise ModelError(
+        f"unknown model {name!r}",
+        "run `edgevit models` for the zoo's short names; any timm model name works too"
+        + (f" (did you mean: {', '.join(close)}?)" if close else ""),
+    )
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild the float model; stored in every manifest."""
+
+    name: str
+    num_classes: int | None = None
+    img_size: int | None = None
+    patch_size: int | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    pretrained: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # other timm kwargs (depth=..., ...)
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(self.extra)
+        if self.num_classes is not None:
+            kw["num_classes"] = self.num_classes
+        if self.img_size is not None:
+            kw["img_size"] = self.img_size
+        if self.patch_size is not None:
+            kw["patch_size"] = self.patch_size
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(**d)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def create_model(spec: ModelSpec) -> torch.nn.Module:
+    """Build the timm model of ``spec`` in eval mode, with its weights loaded."""
+    import timm
+
+    entry = resolve(spec.name)
+    use_hub = spec.pretrained and not spec.checkpoint
+    try:
+        model = timm.create_model(entry.timm_name, pretrained=False, **spec.timm_kwargs())
+    except TypeError as e:
+        raise ModelError(f"model {spec.name!r} does not accept these options: {e}",
+                         "drop --img-size/--patch-size or the extra option it names") from e
+    if spec.checkpoint:
+        path = Path(spec.checkpoint)
+        state = load_state_dict(path)
+        _load_into(model, state, path, spec)
+        spec.checkpoint_sha256 = sha256_file(path)
+    elif use_hub:
+        model = _from_hub(entry, spec)
+    model.eval()
+    return model
+
+
+def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(entry.timm_name, pretrained=True, **spec.timm_kwargs())
+    except Exception as e:  # network errors come in many types (requests, urllib, hf_hub)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)
+        if not offline:
+            raise
+        raise OfflineError(
+            f"cannot download pretrained weights for {spec.name!r} ({entry.timm_name}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+            "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
+            "or --no-pretrained for random weights (fine for latency, not for accuracy)",
+        ) from e
+
+
+def _looks_offline(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    keys = ("offline", "connection", "resolve", "network", "timed out", "timeout", "localentrynotfound",
+            "max retries", "name or service", "unreachable", "cannot find the requested files")
+    while e is not None:
+        text += f" {type(e).__name__} {e}".lower()
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return any(k in text for k in keys)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely (``weights_only``); accept DeiT's ``{'model': ...}`` wrappers."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", "check the path given to --checkpoint")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            "the file is corrupt or not a PyTorch/safetensors checkpoint; re-download or re-save it "
+            "(edgevit loads with weights_only=True, so pickled objects other than tensors are refused)",
+        ) from e
+    for key in ("model_ema", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors",
+                              "save it with torch.save(model.state_dict(), path)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(model: torch.nn.Module, state: dict, path: Path, spec: ModelSpec) -> None:
+    own = model.state_dict()
+    state = _resample_pos_embed(model, state)
+    head = next((k for k in ("head.weight", "fc.weight", "classifier.weight") if k in own), None)
+    if head and head in state and state[head].shape[0] != own[head].shape[0]:
+        raise CheckpointError(
+            f"checkpoint {path} has a {state[head].shape[0]}-class head; the model was built for "
+            f"{own[head].shape[0]} classes",
+            f"pass --num-classes {state[head].shape[0]} (or fine-tune a new head with `edgevit train`)",
+        )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("shape differs", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                   for k in wrong]))
+            if keys
+        )
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {spec.name!r} ({detail})",
+            "pick the --model this checkpoint was trained as, with its --img-size/--patch-size",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _resample_pos_embed(model: torch.nn.Module, state: dict) -> dict:
+    """Interpolate a ViT position embedding saved at another image size (timm does the math)."""
+    own = getattr(model, "pos_embed", None)
+    theirs = state.get("pos_embed")
+    if own is None or theirs is None or theirs.shape == own.shape or theirs.shape[-1] != own.shape[-1]:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    grid = model.patch_embed.grid_size
+    state = dict(state)
+    try:
+        state["pos_embed"] = resample_abs_pos_embed(theirs, new_size=grid, num_prefix_tokens=prefix)
+    except Exception:
+        return state  # leave it to the shape check to report
+    return state
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

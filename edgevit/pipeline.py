@@ -1,0 +1,288 @@
+"""The one pipeline: float model -> ONNX -> every target -> check -> validate -> bench -> report.
+
+Run directory layout::
+
+    run.json                     how the run was made (model, data, targets, versions, command)
+    model/weights.safetensors    float weights when the run trained them
+    artifacts/<target>/          model files + manifest.json, each renamed into place when complete
+    results/validate.json        accuracy of every artifact vs the float model
+    results/bench.json           latency rows, PyTorch eager first
+    report.{json,md,html}, plot.png
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bench.latency import bench_callable, bench_eager, default_threads
+from .bench.validate import torch_predict, validate_runners
+from .data import EMBEDDED, data_config, eval_transform, load_split
+from .errors import ArtifactError, ExportError
+from .manifest import (RUN_MANIFEST, command_line, create_run_dir, library_versions, now,
+                       remove_if_empty_run, staged_dir, write_json)
+from .models import ModelSpec, count_params, create_model
+from .progress import say
+from .targets import MANIFEST, Target, export_onnx, get_target, read_manifest
+
+# Largest |artifact - torch| on real images, relative to the largest |torch logit|, per precision.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.1}
+
+
+@dataclass
+class ExportOptions:
+    targets: list[str]
+    out: Path
+    data: str | None = None
+    split: str = "test"
+    val_fraction: float = 0.2
+    seed: int = 0
+    exist_ok: bool = False
+    validate_limit: int | None = None
+    bench: bool = True
+    batch: int = 1
+    threads: int | None = None
+    warmup: int = 10
+    iters: int = 50
+    check_images: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (e.g. training facts)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+
+def check_images(data: str | None, data_cfg: dict, n: int, split: str, val_fraction: float, seed: int) -> np.ndarray:
+    """Real images to compare each artifact with PyTorch: the user's data, else the embedded set."""
+    ds = load_split(data or EMBEDDED, split if data else "val", eval_transform(data_cfg),
+                    val_fraction=val_fraction, seed=seed, limit=n)
+    return np.stack([ds[i][0].numpy() for i in range(min(n, len(ds)))]).astype(np.float32)
+
+
+def export_artifact(target: Target, onnx_fp32: Path, final: Path, model: torch.nn.Module,
+                    sample: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Export one target into a staging folder, check it against PyTorch, then rename it in place."""
+    with staged_dir(final) as tmp:
+        facts = target.export(onnx_fp32, tmp, {})
+        runner = target.load(tmp)
+        check = output_check(runner, model, sample)
+        tol = TOLERANCE.get(runner.info.get("precision", target.precision), TOLERANCE["fp16"])
+        if check["rel_max_abs_diff"] > tol:
+            raise ExportError(
+                f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
+                f"({check['rel_max_abs_diff']:.2%} of the largest logit; allowed {tol:.2%}) on "
+                f"{len(sample)} real images", "report this with the run's run.json; try another --opset or target")
+        mf = {**manifest, "target": target.name, "backend": target.backend, "precision": target.precision,
+              "runtime": runner.info, "files": [p.name for p in target.files(tmp)],
+              "size_bytes": target.size_bytes(tmp), "export": facts, "check_vs_pytorch": check,
+              "created": now()}
+        write_json(tmp / MANIFEST, mf)
+    return mf
+
+
+def output_check(runner, model: torch.nn.Module, sample: np.ndarray) -> dict[str, Any]:
+    ref = torch_predict(model)(sample)
+    got = runner(sample)
+    if got.shape != ref.shape:
+        raise ExportError(f"artifact returns shape {got.shape}, PyTorch {ref.shape}", "re-export the model")
+    diff = np.abs(got - ref)
+    return {"images": int(len(sample)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "rel_max_abs_diff": float(diff.max() / max(1e-12, float(np.abs(ref).max()))),
+            "top1_agreement_pct": float((got.argmax(1) == ref.argmax(1)).mean() * 100)}
+
+
+def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
+    """Export ``spec`` to every target in ``opts`` and validate, bench and report: returns the run dir."""
+    targets = [get_target(t) for t in opts.targets]  # unknown targets fail before any work
+    for t in targets:
+        t.check_available()
+    model = model if model is not None else create_model(spec)
+    model.eval()
+    made = create_run_dir(opts.out, opts.exist_ok)
+    try:
+        _export_all(spec, opts, model, targets)
+    except BaseException:
+        if made:
+            remove_if_empty_run(opts.out)
+        raise
+    return opts.out
+
+
+def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, targets: list[Target]) -> None:
+    from .bench.report import write_report
+
+    cfg = data_config(model, spec.img_size)
+    run = {"edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
+           "params": count_params(model), "data_config": cfg, "data": opts.data, "split": opts.split,
+           "targets": opts.targets, "versions": library_versions(), **opts.extra}
+    write_json(opts.out / RUN_MANIFEST, run)
+    sample = check_images(opts.data, cfg, opts.check_images, opts.split, opts.val_fraction, opts.seed)
+    base_manifest = {k: run[k] for k in ("edgevit", "command", "model", "params", "data_config", "versions")}
+    with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
+        onnx_fp32 = Path(tmp) / "float.onnx"
+        say(f"exporting {spec.name} to ONNX (opset 17, dynamic batch)")
+        base_manifest["onnx"] = export_onnx(model, cfg["input_size"][-1], onnx_fp32)
+        for t in targets:
+            mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest)
+            c = mf["check_vs_pytorch"]
+            say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  max|Δ| vs PyTorch "
+                f"{c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})")
+    art_dirs = [opts.out / "artifacts" / t.name for t in targets]
+    if opts.data:
+        validate_artifacts(art_dirs, opts.data, opts.split, model, opts.validate_limit, opts.val_fraction,
+                           opts.seed, save_to=opts.out)
+    if opts.bench:
+        bench_artifacts(art_dirs, model, opts.batch, opts.threads, opts.warmup, opts.iters, save_to=opts.out)
+    report = write_report(opts.out)
+    say(f"[bold]report:[/] {report}")
+
+
+def load_artifact(path: str | Path, threads: int | None = None):
+    """(target, runner, manifest, directory) for an artifact directory or a file in it."""
+    art_dir, mf = read_manifest(path)
+    target = get_target(mf["target"])
+    target.check_available()
+    return target, target.load(art_dir, threads), mf, art_dir
+
+
+def float_model_for(mf: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the float PyTorch model an artifact was exported from (weights checked by hash)."""
+    spec = ModelSpec.from_dict(mf["model"])
+    want = spec.checkpoint_sha256
+    model = create_model(spec)
+    if want and spec.checkpoint_sha256 != want:
+        raise ExportError(f"checkpoint {spec.checkpoint} changed since the export (sha256 differs)",
+                          "restore the checkpoint the artifact was made from, or re-export")
+    return model
+
+
+def validate_artifacts(paths: list[Path], data: str, split: str = "test", model: torch.nn.Module | None = None,
+                       limit: int | None = None, val_fraction: float = 0.2, seed: int = 0,
+                       batch_size: int = 64, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    loaded = [load_artifact(p) for p in paths]
+    mf0 = _same_model([mf for _, _, mf, _ in loaded], paths)
+    model = model if model is not None else float_model_for(mf0)
+    runners = {mf["target"]: runner for _, runner, mf, _ in loaded}
+    res = validate_runners(runners, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed)
+    for _, runner, mf, art_dir in loaded:
+        res[mf["target"]].update(precision=mf["precision"], runtime_precision=runner.info.get("precision"),
+                                 artifact=str(art_dir))
+    if save_to is not None:
+        _merge_results(save_to / "results" / "validate.json", res)
+    return res
+
+
+def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
+                    threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
+                    save_to: Path | None = None, min_seconds: float = 0.0) -> list[dict[str, Any]]:
+    """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads."""
+    threads = threads or default_threads()
+    mfs = [read_manifest(p) for p in paths]
+    _same_model([mf for _, mf in mfs], paths)
+    size = mfs[0][1]["data_config"]["input_size"]
+    x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
+    rows = []
+    if reference:
+        model = model if model is not None else float_model_for(mfs[0][1])
+        rows.append(bench_eager(model, x, threads, warmup, iters, min_seconds))
+    for art_dir, mf in mfs:
+        target = get_target(mf["target"])
+        info: dict[str, Any] = {}
+
+        def make(target=target, art_dir=art_dir, info=info):
+            runner = target.load(art_dir, threads)
+            info.update(runner.info)
+            return runner
+
+        row = bench_callable(make, x, warmup, iters, target.name, min_seconds)
+        rows.append({"name": target.name, "backend": target.backend, "precision": target.precision,
+                     "runtime_precision": info.get("precision"), "runtime": info.get("runtime"),
+                     "size_mb": mf["size_bytes"] / 2**20, "artifact": str(art_dir), **row})
+    for r in rows:
+        r.update(batch=batch, threads=threads, input_size=list(size))
+        if reference:
+            r["speedup_vs_eager"] = rows[0]["p50_ms"] / r["p50_ms"]
+    if save_to is not None:
+        _merge_results(save_to / "results" / "bench.json", {r["name"]: r for r in rows})
+    return rows
+
+
+def _same_model(manifests: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
+    """Artifacts compared in one table must come from one float model and one preprocessing."""
+    key = lambda mf: (json.dumps(mf["model"], sort_keys=True), json.dumps(mf["data_config"], sort_keys=True))
+    first = key(manifests[0])
+    for mf, p in zip(manifests[1:], paths[1:]):
+        if key(mf) != first:
+            raise ArtifactError(f"{p} was exported from another model or preprocessing than {paths[0]}",
+                                "validate or bench the artifacts of one model at a time")
+    return manifests[0]
+
+
+def _merge_results(path: Path, new: dict[str, Any]) -> None:
+    old = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, {**old, **new})
+
+
+def spec_from_recipe(recipe) -> ModelSpec:
+    m = recipe.model
+    return ModelSpec(name=m.name, num_classes=m.num_classes, img_size=m.img_size, patch_size=m.patch_size,
+                     checkpoint=m.checkpoint, pretrained=m.pretrained and not m.checkpoint, extra=dict(m.extra))
+
+
+def run_recipe(recipe, exist_ok: bool = False) -> Path:
+    """Run a :class:`~edgevit.recipe.Recipe`: optional training, then :func:`run_export`."""
+    from .recipe import Recipe
+
+    assert isinstance(recipe, Recipe)
+    spec, d, b = spec_from_recipe(recipe), recipe.data, recipe.bench
+    opts = ExportOptions(targets=list(recipe.targets), out=Path(recipe.out), data=d.source, split=d.split,
+                         val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
+                         bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
+                         extra={"recipe": recipe.to_dict()})
+    if recipe.train is None:
+        return run_export(spec, opts)
+    for t in opts.targets:
+        get_target(t).check_available()
+    if not d.source:
+        raise ExportError("the recipe has a 'train' section but no 'data.source'",
+                          "set data.source to 'digits', a CIFAR folder or an ImageFolder")
+    made = create_run_dir(opts.out, exist_ok)
+    try:
+        model = _train_from_recipe(recipe, spec, opts.out)
+        opts.exist_ok = True
+        return run_export(spec, opts, model=model)
+    except BaseException:
+        if made:
+            remove_if_empty_run(opts.out)
+        raise
+
+
+def _train_from_recipe(recipe, spec: ModelSpec, out: Path) -> torch.nn.Module:
+    from safetensors.torch import save_file
+
+    from .models import sha256_file
+    from .steps.train import TrainConfig, train, train_transform
+
+    t, d = recipe.train, recipe.data
+    torch.manual_seed(t.seed)
+    model = create_model(spec)
+    cfg = data_config(model, spec.img_size)
+    train_ds = load_split(d.source, "train", train_transform(cfg, flip=t.flip), d.val_fraction, d.seed)
+    val_ds = load_split(d.source, d.split, eval_transform(cfg), d.val_fraction, d.seed)
+    say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {d.source}: "
+        f"{len(train_ds)} train / {len(val_ds)} {d.split} images, {t.epochs} epoch(s)")
+    tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                     warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing, seed=t.seed)
+    train(model, train_ds, val_ds, tc, history_path=out / "model" / "history.jsonl")
+    weights = out / "model" / "weights.safetensors"
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(weights)
+    spec.checkpoint, spec.pretrained = str(weights.resolve()), False
+    spec.checkpoint_sha256 = sha256_file(weights)
+    return model

@@ -1,0 +1,63 @@
+"""OpenVINO IR targets, converted from the float ONNX.
+
+``openvino`` keeps fp32 weights and pins inference to f32 (bit-faithful to PyTorch up to
+reassociation). ``openvino-fp16`` stores fp16 weights and lets the device pick its default
+inference precision: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs and ARM, f32 elsewhere.
+The precision the runtime really used is recorded with every prediction and benchmark.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Runner, Target
+
+
+@lru_cache(maxsize=1)
+def _core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+class OpenVinoTarget(Target):
+    backend = "openvino"
+    requires = ("openvino",)
+    model_file = "model.xml"
+
+    def export(self, onnx_fp32: Path, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+        import openvino as ov
+
+        model = ov.convert_model(str(onnx_fp32))
+        ov.save_model(model, str(out_dir / self.model_file), compress_to_fp16=self.precision == "fp16")
+        return {"openvino": ov.__version__, "weights": "fp16" if self.precision == "fp16" else "fp32"}
+
+    def load(self, art_dir: Path, threads: int | None = None) -> Runner:
+        device = os.environ.get("EDGEVIT_OV_DEVICE", "CPU")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.precision == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = _core().compile_model(str(art_dir / self.model_file), device, config)
+        request = compiled.create_infer_request()
+        runtime_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "")
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            out = request.infer({0: x}, share_inputs=True)
+            return np.array(out[compiled.output(0)], dtype=np.float32)
+
+        import openvino as ov
+
+        return Runner(predict, {"runtime": f"openvino {ov.__version__}", "device": device,
+                                "precision": _short(runtime_precision)})
+
+
+def _short(precision: str) -> str:
+    p = precision.strip("'>").lower()
+    return {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "bf16": "bf16",
+            "float16": "fp16", "f16": "fp16"}.get(p, p)

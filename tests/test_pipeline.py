@@ -1,0 +1,134 @@
+"""Run directories, atomic artifacts, output checks, report."""
+import json
+
+import numpy as np
+import pytest
+
+from edgevit.bench.report import collect, mark_pareto, write_report
+from edgevit.errors import ExportError, RunDirError
+from edgevit.pipeline import ExportOptions, run_export
+from edgevit.targets import TARGETS
+
+from conftest import tiny_spec
+
+
+def _opts(out, **kw):
+    base = dict(targets=["onnx"], out=out, bench=False)
+    base.update(kw)
+    return ExportOptions(**base)
+
+
+def test_existing_output_dir_is_refused_unless_exist_ok(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="already exists") as e:
+        run_export(tiny_spec(), _opts(out))
+    assert "--exist-ok" in e.value.fix
+    assert (out / "keep.txt").read_text() == "mine" and not (out / "artifacts").exists()
+    run_export(tiny_spec(), _opts(out, exist_ok=True))
+    assert (out / "artifacts" / "onnx" / "model.onnx").is_file()
+
+
+def test_interrupted_export_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the second target: the first artifact is complete, the second absent."""
+    ov = type(TARGETS["openvino"])
+    real = ov.export
+
+    def interrupted(self, onnx_fp32, out_dir, options):
+        real(self, onnx_fp32, out_dir, options)  # files are half there...
+        raise KeyboardInterrupt  # ...when the user presses Ctrl-C
+
+    monkeypatch.setattr(ov, "export", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_export(tiny_spec(), _opts(out, targets=["onnx", "openvino"]))
+    arts = out / "artifacts"
+    assert sorted(p.name for p in arts.iterdir()) == ["onnx"]  # no openvino, no .tmp-* folder
+    assert (arts / "onnx" / "manifest.json").is_file()
+
+
+def test_failure_before_any_artifact_removes_the_new_run_dir(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgevit.pipeline.export_onnx", boom)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_export(tiny_spec(), _opts(out))
+    assert not out.exists()
+
+
+def test_output_mismatch_fails_the_export(tmp_path, monkeypatch):
+    """A backend that returns wrong numbers is caught by the check against PyTorch on real images."""
+    from edgevit.targets.base import Runner
+
+    onnx_t = type(TARGETS["onnx"])
+    real = onnx_t.load
+
+    def wrong(self, art_dir, threads=None):
+        r = real(self, art_dir, threads)
+        return Runner(lambda x: r.predict(x) + 1.0, r.info)
+
+    monkeypatch.setattr(onnx_t, "load", wrong)
+    with pytest.raises(ExportError, match="outputs differ from PyTorch"):
+        run_export(tiny_spec(), _opts(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_folder_fails_before_export(tmp_path):
+    (tmp_path / "data").mkdir()
+    from edgevit.errors import DataError
+
+    with pytest.raises(DataError, match="holds no images"):
+        run_export(tiny_spec(), _opts(tmp_path / "run", data=str(tmp_path / "data")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_files_and_pareto(tmp_path):
+    out = tmp_path / "run"
+    run_export(tiny_spec(), _opts(out, targets=["onnx", "openvino"], data="digits", split="val",
+                                  validate_limit=30, bench=True, iters=3, warmup=1))
+    for f in ("report.json", "report.md", "report.html", "plot.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 200
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "openvino" in page and "pytorch-eager" in page
+    data = collect(out)
+    names = [r["name"] for r in data["rows"]]
+    assert names[0] == "pytorch-eager" and set(names) == {"pytorch-eager", "onnx", "openvino"}
+    assert all("top1" in r and "p50_ms" in r for r in data["rows"])
+    assert any(r["pareto"] for r in data["rows"])
+    md = (out / "report.md").read_text()
+    assert md.count("\n| ") >= 4  # header + 3 rows
+    assert write_report(out) == out / "report.html"
+
+
+def test_mark_pareto():
+    rows = [{"name": "a", "p50_ms": 10, "top1": 80}, {"name": "b", "p50_ms": 5, "top1": 79},
+            {"name": "c", "p50_ms": 6, "top1": 70}, {"name": "d", "p50_ms": 4, "top1": 60}]
+    mark_pareto(rows)
+    assert [r["pareto"] for r in rows] == [True, True, False, True]
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunDirError, match="not an edgevit run directory"):
+        write_report(tmp_path)
+
+
+def test_artifacts_of_different_models_are_not_mixed(tmp_path):
+    from edgevit.errors import ArtifactError
+    from edgevit.pipeline import bench_artifacts, validate_artifacts
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_export(tiny_spec(), _opts(a))
+    run_export(tiny_spec(num_classes=5), _opts(b))
+    arts = [a / "artifacts" / "onnx", b / "artifacts" / "onnx"]
+    with pytest.raises(ArtifactError, match="another model"):
+        validate_artifacts(arts, "digits")
+    with pytest.raises(ArtifactError, match="another model"):
+        bench_artifacts(arts)
+
+
+def test_api_accepts_a_string_output_path(tmp_path):
+    out = run_export(tiny_spec(), ExportOptions(targets=["onnx"], out=str(tmp_path / "s"), bench=False))
+    assert (out / "artifacts" / "onnx" / "model.onnx").is_file()

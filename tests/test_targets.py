@@ -1,0 +1,80 @@
+"""Every target in the table: export a tiny model, reload, predict, compare with PyTorch."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.errors import TargetError
+from edgevit.pipeline import ExportOptions, load_artifact, run_export
+from edgevit.targets import PLANNED, TARGETS, get_target
+
+from conftest import tiny_spec
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    opts = ExportOptions(targets=list(TARGETS), out=out, data="digits", split="val", validate_limit=40,
+                         iters=3, warmup=1)
+    run_export(tiny_spec(checkpoint=str(tiny_checkpoint)), opts)
+    return out
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_target_exports_reloads_and_matches_pytorch(run_dir, name, tiny_checkpoint):
+    from edgevit.models import create_model
+
+    target, runner, mf, art_dir = load_artifact(run_dir / "artifacts" / name)
+    assert mf["target"] == name and mf["precision"] == target.precision
+    assert mf["model"]["checkpoint_sha256"] and torch.__version__.startswith(mf["versions"]["torch"])
+    assert mf["command"] and mf["onnx"]["opset"] >= 17
+    assert (art_dir / target.model_file).is_file() and mf["size_bytes"] > 0
+    model = create_model(tiny_spec(checkpoint=str(tiny_checkpoint)))
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)  # batch 3: dynamic
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = runner(x)
+    assert got.shape == (3, 10)
+    tol = 1e-4 if mf["runtime"]["precision"] == "fp32" else 0.15
+    assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max())
+    assert mf["check_vs_pytorch"]["images"] == 16
+
+
+def test_onnx_graph_is_opset17_with_layernorm_and_dynamic_batch(run_dir):
+    import onnx
+
+    g = onnx.load(str(run_dir / "artifacts" / "onnx" / "model.onnx"))
+    assert max(o.version for o in g.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert any(n.op_type == "LayerNormalization" for n in g.graph.node)
+    dims = g.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+
+
+def test_validation_and_bench_results_cover_every_target(run_dir):
+    val = json.loads((run_dir / "results" / "validate.json").read_text())
+    bench = json.loads((run_dir / "results" / "bench.json").read_text())
+    assert set(val) == set(TARGETS)
+    assert set(bench) == {"pytorch-eager", *TARGETS}
+    for name, r in val.items():
+        assert r["images"] == 40 and 0 <= r["agreement_pct"] <= 100
+        if TARGETS[name].precision == "fp32":
+            assert r["agreement_pct"] == 100.0 and r["top1_drop_pts"] == 0.0
+    for r in bench.values():
+        assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["runs"] == 3
+
+
+def test_unknown_and_planned_targets():
+    with pytest.raises(TargetError, match="unknown target 'onnxx'"):
+        get_target("onnxx")
+    for name in PLANNED:
+        with pytest.raises(TargetError, match="not built in this version"):
+            get_target(name)
+
+
+def test_missing_backend_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(type(TARGETS["openvino"]), "requires", ("openvino_not_installed_xyz",))
+    opts = ExportOptions(targets=["openvino"], out=tmp_path / "run", bench=False)
+    with pytest.raises(TargetError, match="pip install openvino_not_installed_xyz"):
+        run_export(tiny_spec(), opts)
+    assert not (tmp_path / "run").exists()
