@@ -202,7 +202,7 @@ def run(
 def quickstart(
     out_dir: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
     exist_ok: bool = typer.Option(False, help="write into an existing output directory"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default 8)"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default 20)"),
 ):
     """Offline demo: train a small DeiT-Ti on the embedded digits, export to every target, validate, bench, report."""
     from .pipeline import run_recipe

@@ -266,7 +266,7 @@ def _train_from_recipe(recipe, spec: ModelSpec, out: Path) -> torch.nn.Module:
     from safetensors.torch import save_file
 
     from .models import sha256_file
-    from .steps.train import TrainConfig, train, train_transform
+    from .steps.train import train, train_transform
 
     t, d = recipe.train, recipe.data
     torch.manual_seed(t.seed)
@@ -276,9 +276,7 @@ def _train_from_recipe(recipe, spec: ModelSpec, out: Path) -> torch.nn.Module:
     val_ds = load_split(d.source, d.split, eval_transform(cfg), d.val_fraction, d.seed)
     say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {d.source}: "
         f"{len(train_ds)} train / {len(val_ds)} {d.split} images, {t.epochs} epoch(s)")
-    tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-                     warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing, seed=t.seed)
-    train(model, train_ds, val_ds, tc, history_path=out / "model" / "history.jsonl")
+    train(model, train_ds, val_ds, t, history_path=out / "model" / "history.jsonl")
     weights = out / "model" / "weights.safetensors"
     tmp = weights.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

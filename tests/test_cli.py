@@ -156,3 +156,14 @@ def test_real_process_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-m", "edgevit", "export", "--model", "nope_model", "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "unknown model" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The README's first command, minus the install: train, export to every target, report."""
+    from edgevit.targets import TARGETS
+
+    r = invoke("quickstart", "--out", tmp_path / "qs", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "report:" in r.output and (tmp_path / "qs" / "report.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "qs" / "artifacts").iterdir()) == sorted(TARGETS)

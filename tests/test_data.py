@@ -126,3 +126,18 @@ def test_small_images_are_not_center_cropped(spec):
     assert cfg["input_size"] == [3, 32, 32] and cfg["crop_pct"] == 1.0
     x = eval_transform(cfg)(Digits()[0][0])
     assert tuple(x.shape) == (3, 32, 32)
+
+
+def test_cifar100_layout(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 8), ("test", 4)):
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": [99 - i for i in range(n)], b"coarse_labels": [0] * n}, f, protocol=2)
+    with open(root / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)]}, f, protocol=2)
+    train = load_split(root, "train")
+    assert len(train) == 8 and train.targets[0] == 99 and len(train.classes) == 100
+    assert len(load_split(root, "test")) == 4

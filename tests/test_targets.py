@@ -78,3 +78,17 @@ def test_missing_backend_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(TargetError, match="pip install openvino_not_installed_xyz"):
         run_export(tiny_spec(), opts)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("deit_tiny_distilled", {"extra": {"depth": 1}}),  # two heads, averaged at inference
+    ("vit_tiny", {"extra": {"depth": 1}}),
+    ("mixer_s16_224", {"patch_size": None, "extra": {}}),  # no attention; any timm name passes through
+])
+def test_model_families_export_and_match(tmp_path, name, kw):
+    """Export checks each artifact against PyTorch on real images; a mismatch would raise."""
+    out = run_export(tiny_spec(name=name, **kw), ExportOptions(targets=["onnx", "openvino"], out=tmp_path / "r",
+                                                               bench=False))
+    for t in ("onnx", "openvino"):
+        mf = json.loads((out / "artifacts" / t / "manifest.json").read_text())
+        assert mf["model"]["name"] == name and mf["check_vs_pytorch"]["top1_agreement_pct"] == 100.0

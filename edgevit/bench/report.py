@@ -149,8 +149,10 @@ def html_page(data: dict[str, Any], png: Path | None) -> str:
     train = ""
     if data["training"]:
         last = data["training"][-1]
-        train = (f"<p>Trained here for {last.get('epoch', 0) + 1} epoch(s): final val top-1 "
-                 f"{last.get('val_top1', float('nan')):.2f} %, train loss {last.get('train_loss', float('nan')):.3f}.</p>")
+        curve = training_svg(data["training"])
+        train = (f"<h2>Training</h2><p>Trained here for {last.get('epoch', 0) + 1} epoch(s): final val top-1 "
+                 f"{last.get('val_top1', float('nan')):.2f} %, train loss {last.get('train_loss', float('nan')):.3f}."
+                 f"</p>{curve}")
     facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
         ("model", f"{run['model']['name']} ({run.get('params', 0) / 1e6:.2f} M params)"),
         ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
@@ -161,14 +163,53 @@ body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#2
 h1{{font-size:1.5em}} img{{max-width:100%;border:1px solid #ddd;border-radius:6px}}
 table{{border-collapse:collapse;margin:1em 0;font-size:.92em}} td,th{{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right}}
 td:first-child,th:first-child{{text-align:left}} th{{background:#f6f6f6}} tr.pareto td{{background:#eefbea;font-weight:600}}
-.note{{color:#666;font-size:.9em}}</style></head><body>
+.note{{color:#666;font-size:.9em}} .headline{{font-size:1.1em}} h2{{font-size:1.2em}}</style></head><body>
 <h1>edgevit report: {html.escape(run['model']['name'])}</h1>
+<p class="headline">{html.escape(headline(data['rows']))}</p>
 {img}
 <table><tr>{head}</tr>{body}</table>
 <p class="note">Green rows are on the Pareto front (no other artifact is both faster and at least as accurate).
 Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
-{data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up.</p>
+{data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up. Peak MB is the resident
+memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running only).</p>
 {train}<ul class="note">{facts}</ul></body></html>"""
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    """One sentence a reader takes away: the fastest artifact, and the fastest that loses nothing."""
+    arts = [r for r in rows if r["name"] != "pytorch-eager" and "p50_ms" in r]
+    if not arts:
+        return "No benchmark rows yet: run `edgevit bench` on the artifacts."
+    fast = min(arts, key=lambda r: r["p50_ms"])
+    text = f"Fastest: {fast['name']} ({fast.get('runtime_precision')}) at {fast['p50_ms']:.2f} ms p50"
+    if "speedup_vs_eager" in fast:
+        text += f", {fast['speedup_vs_eager']:.2f}× PyTorch eager"
+    if "top1_drop_pts" in fast:
+        drop = fast["top1_drop_pts"]
+        text += (f", {abs(drop):.2f} pts top-1 {'below' if drop > 0 else 'above'} the float model" if drop
+                 else ", same top-1 as the float model")
+        exact = [r for r in arts if r.get("agreement_pct") == 100.0]
+        if exact and min(exact, key=lambda r: r["p50_ms"]) is not fast:
+            best = min(exact, key=lambda r: r["p50_ms"])
+            text += (f". Fastest with every prediction equal to the float model's: {best['name']} "
+                     f"at {best['p50_ms']:.2f} ms ({best.get('speedup_vs_eager', 0):.2f}×)")
+    return text + "."
+
+
+def training_svg(history: list[dict[str, Any]], w: int = 520, h: int = 160) -> str:
+    """A small inline SVG of validation top-1 per epoch (no extra image file to lose)."""
+    pts = [(r["epoch"], r["val_top1"]) for r in history if "val_top1" in r]
+    if len(pts) < 2:
+        return ""
+    n, top = max(e for e, _ in pts) or 1, max(100.0, max(v for _, v in pts))
+    xy = " ".join(f"{40 + (w - 60) * e / n:.1f},{h - 25 - (h - 45) * v / top:.1f}" for e, v in pts)
+    return (f"<svg width='{w}' height='{h}' role='img' aria-label='validation top-1 per epoch'>"
+            f"<polyline fill='none' stroke='#1f77b4' stroke-width='2' points='{xy}'/>"
+            f"<line x1='40' y1='{h - 25}' x2='{w - 20}' y2='{h - 25}' stroke='#999'/>"
+            f"<text x='40' y='{h - 8}' font-size='11'>epoch 1</text>"
+            f"<text x='{w - 70}' y='{h - 8}' font-size='11'>epoch {n + 1}</text>"
+            f"<text x='2' y='{h - 25 - (h - 45) * pts[-1][1] / top:.0f}' font-size='11'>{pts[-1][1]:.0f}%</text>"
+            f"<text x='{w / 2 - 60:.0f}' y='14' font-size='11'>validation top-1 per epoch</text></svg>")
 
 
 def write_report(run_dir: Path) -> Path:

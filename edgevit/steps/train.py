@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     threads: int | None = None
+    flip: bool = True  # random horizontal flips (off for digits and text)
 
 
 def train_transform(data_cfg: dict[str, Any], flip: bool = True):
