@@ -6,6 +6,7 @@ when ``pretrained=True`` and the machine is online.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
@@ -149,10 +150,12 @@ def create_model(spec: ModelSpec) -> torch.nn.Module:
 def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
     import timm
 
+    unreachable = os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable()
     try:
-        return timm.create_model(entry.timm_name, pretrained=True, **spec.timm_kwargs())
+        with _hub_offline(unreachable):  # no host: use the local cache only, skip a minute of retries
+            return timm.create_model(entry.timm_name, pretrained=True, **spec.timm_kwargs())
     except Exception as e:  # network errors come in many types (requests, urllib, hf_hub)
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)
+        offline = unreachable or os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)
         if not offline:
             raise
         raise OfflineError(
@@ -161,6 +164,47 @@ def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
             "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
             "or --no-pretrained for random weights (fine for latency, not for accuracy)",
         ) from e
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Does the hub's host name resolve? (DNS fails at once on an offline machine.)"""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool):
+    """Put huggingface_hub in offline mode for the block (it reads HF_HUB_OFFLINE only at import)."""
+    if not on:
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
 
 
 def _looks_offline(e: BaseException) -> bool:

@@ -119,3 +119,15 @@ def test_offline_without_checkpoint_says_pass_checkpoint(monkeypatch):
 def test_option_a_model_does_not_take_is_a_model_error():
     with pytest.raises(ModelError, match="does not accept"):
         create_model(ModelSpec("mixer_b16", patch_size=8))
+
+
+def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
+    """No DNS for the hub: edgevit goes straight to the local cache instead of a minute of retries."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("edgevit.models.hub_reachable", lambda timeout=5.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(OfflineError, match="cannot download"):
+        create_model(ModelSpec("deit_tiny", pretrained=True, extra={"depth": 1}))
+    assert time.perf_counter() - t0 < 30
