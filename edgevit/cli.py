@@ -44,7 +44,11 @@ def _split_targets(values: List[str]) -> List[str]:
 
 
 def _default_out(model: str, targets: List[str]) -> Path:
-    base = Path("runs") / f"{model}-{'+'.join(targets) if len(targets) <= 2 else 'multi'}"
+    return _fresh(Path("runs") / f"{model}-{'+'.join(targets) if len(targets) <= 2 else 'multi'}")
+
+
+def _fresh(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : a default output never clobbers an earlier run."""
     path, i = base, 2
     while path.exists():
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
@@ -200,7 +204,7 @@ def run(
 @app.command()
 @friendly
 def quickstart(
-    out_dir: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart (-2, -3... if taken)"),
     exist_ok: bool = typer.Option(False, help="write into an existing output directory"),
     epochs: Optional[int] = typer.Option(None, help="training epochs (default 20)"),
 ):
@@ -209,7 +213,7 @@ def quickstart(
     from .recipe import quickstart_recipe
 
     r = quickstart_recipe()
-    r.out = str(out_dir)
+    r.out = str(out_dir or _fresh(Path(r.out)))
     if epochs is not None:
         r.train.epochs = epochs
     run_recipe(r, exist_ok=exist_ok)

@@ -114,7 +114,7 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
 
 
 def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, targets: list[Target]) -> None:
-    from .bench.report import write_report
+    from .bench.report import print_summary, write_report
 
     cfg = data_config(model, spec.img_size)
     run = {"edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
@@ -139,6 +139,7 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
     if opts.bench:
         bench_artifacts(art_dirs, model, opts.batch, opts.threads, opts.warmup, opts.iters, save_to=opts.out)
     report = write_report(opts.out)
+    print_summary(opts.out)
     say(f"[bold]report:[/] {report}")
 
 

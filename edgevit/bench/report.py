@@ -212,6 +212,18 @@ def training_svg(history: list[dict[str, Any]], w: int = 520, h: int = 160) -> s
             f"<text x='{w / 2 - 60:.0f}' y='14' font-size='11'>validation top-1 per epoch</text></svg>")
 
 
+def summary_table(rows: list[dict[str, Any]]):
+    """The report's table for the terminal (rich)."""
+    from rich.table import Table
+
+    keys = [c for c in COLUMNS if c[0] in ("name", "runtime_precision", "size_mb", "top1", "top1_drop_pts",
+                                           "agreement_pct", "p50_ms", "p90_ms", "speedup_vs_eager")]
+    t = Table(*[h for _, h, _ in keys], title="edgevit run")
+    for r in rows:
+        t.add_row(*[_fmt(r, k, f) for k, _, f in keys], style="bold green" if r.get("pareto") else None)
+    return t
+
+
 def write_report(run_dir: Path) -> Path:
     """Write report.json, report.md, report.html and plot.png into ``run_dir``; return the HTML path."""
     run_dir = Path(run_dir)
@@ -222,3 +234,12 @@ def write_report(run_dir: Path) -> Path:
     (run_dir / "report.md").write_text(markdown(data))
     (run_dir / "report.html").write_text(html_page(data, png))
     return run_dir / "report.html"
+
+
+def print_summary(run_dir: Path) -> None:
+    from ..progress import console
+
+    data = collect(run_dir)
+    if data["rows"]:
+        console.print(summary_table(data["rows"]))
+        console.print(headline(data["rows"]), highlight=False)
