@@ -216,9 +216,11 @@ def summary_table(rows: list[dict[str, Any]]):
     """The report's table for the terminal (rich)."""
     from rich.table import Table
 
-    keys = [c for c in COLUMNS if c[0] in ("name", "runtime_precision", "size_mb", "top1", "top1_drop_pts",
-                                           "agreement_pct", "p50_ms", "p90_ms", "speedup_vs_eager")]
-    t = Table(*[h for _, h, _ in keys], title="edgevit run")
+    keys = [c for c in COLUMNS if c[0] in ("name", "runtime_precision", "top1", "top1_drop_pts",
+                                           "agreement_pct", "p50_ms", "speedup_vs_eager")]
+    t = Table(title="edgevit run", min_width=60)
+    for i, (_, h, _) in enumerate(keys):
+        t.add_column(h, no_wrap=True, justify="left" if i < 2 else "right")
     for r in rows:
         t.add_row(*[_fmt(r, k, f) for k, _, f in keys], style="bold green" if r.get("pareto") else None)
     return t
