@@ -201,6 +201,132 @@ def run(
     run_recipe(r, exist_ok=exist_ok)
 
 
+def _train_config(recipe: Optional[Path], sets: List[str], **given):
+    """TrainConfig from a recipe's train: section, then --set KEY=VALUE, then the explicit flags."""
+    import difflib
+    from typing import get_type_hints
+
+    import yaml
+
+    from .errors import RecipeError
+    from .recipe import _convert, load_recipe
+    from .steps.train import TrainConfig
+
+    cfg = (load_recipe(recipe).train if recipe else None) or TrainConfig()
+    hints = get_type_hints(TrainConfig)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise RecipeError(f"--set {item!r} is not KEY=VALUE", "e.g. --set mixup=0.8")
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            raise RecipeError(f"--set: unknown training option {key!r}",
+                              f"did you mean {close[0]!r}?" if close else f"known: {', '.join(hints)}")
+        setattr(cfg, key, _convert(hints[key], yaml.safe_load(raw), f"train.{key}", "--set"))
+    for key, value in given.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
+                  resume, exist_ok, val_fraction, seed, cfg) -> None:
+    from .models import ModelSpec
+    from .pipeline import run_training
+
+    spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                     checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
+    out = out_dir or (_fresh(Path("runs") / f"train-{model}") if not resume else None)
+    if out is None:
+        raise typer.BadParameter("--resume needs the --out of the run to continue")
+    run_training(spec, cfg, data, out, split=split, val_fraction=val_fraction, seed=seed, resume=resume,
+                 exist_ok=exist_ok)
+    out_msg = Path(out) / "model" / "weights.safetensors"
+    err.print(f"[bold]weights:[/] {out_msg}  (export: edgevit export --model {model} --checkpoint {out_msg}"
+              + "".join(f" --{k} {v}" for k, v in (("num-classes", num_classes), ("img-size", img_size),
+                                                    ("patch-size", patch_size)) if v) + ")", highlight=False)
+
+
+_MODEL_OPTS = dict(
+    data=typer.Option(..., help="training images: ImageFolder (train/ and val/ sub-folders or one folder), CIFAR folder, or 'digits'"),
+    split=typer.Option("val", help="the split to evaluate on each epoch: val | test"),
+    num_classes=typer.Option(None, help="classifier size (must match the data's classes)"),
+    img_size=typer.Option(None, help="input size, e.g. 32 for CIFAR"),
+    patch_size=typer.Option(None, help="patch size, e.g. 4 at 32 px"),
+    checkpoint=typer.Option(None, help="start from these weights (.pth/.safetensors)"),
+    pretrained=typer.Option(False, help="start from timm's hub weights (needs internet)"),
+    out_dir=typer.Option(None, "--out", "-o", help="run directory (default runs/train-<model>)"),
+    resume=typer.Option(False, help="continue the run in --out from its last finished epoch"),
+    exist_ok=typer.Option(False, help="write into an existing --out"),
+    epochs=typer.Option(None, help="epochs (default 5, or the recipe's)"),
+    batch_size=typer.Option(None, help="batch size per process"),
+    lr=typer.Option(None, help="peak learning rate (DeiT: 5e-4 × global batch / 512)"),
+    val_fraction=typer.Option(0.2, help="hold-out fraction for data without its own val split"),
+    seed=typer.Option(0, help="seed of the data split and of training"),
+    recipe=typer.Option(None, help="take the training options from this recipe's train: section"),
+    sets=typer.Option([], "--set", help="any training option as KEY=VALUE, e.g. --set mixup=0.8 --set ema_decay=0.9999"),
+)
+
+
+@app.command()
+@friendly
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="zoo short name or timm name"),
+    data: str = _MODEL_OPTS["data"], split: str = _MODEL_OPTS["split"],
+    num_classes: Optional[int] = _MODEL_OPTS["num_classes"], img_size: Optional[int] = _MODEL_OPTS["img_size"],
+    patch_size: Optional[int] = _MODEL_OPTS["patch_size"], checkpoint: Optional[Path] = _MODEL_OPTS["checkpoint"],
+    pretrained: bool = _MODEL_OPTS["pretrained"], out_dir: Optional[Path] = _MODEL_OPTS["out_dir"],
+    resume: bool = _MODEL_OPTS["resume"], exist_ok: bool = _MODEL_OPTS["exist_ok"],
+    epochs: Optional[int] = _MODEL_OPTS["epochs"], batch_size: Optional[int] = _MODEL_OPTS["batch_size"],
+    lr: Optional[float] = _MODEL_OPTS["lr"], val_fraction: float = _MODEL_OPTS["val_fraction"],
+    seed: int = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
+    sets: List[str] = _MODEL_OPTS["sets"],
+):
+    """Supervised training (teachers, fine-tuning, baselines) with DeiT's recipe from timm's parts.
+
+    Checkpoints every epoch (--resume continues); many GPUs with torchrun:
+
+        torchrun --nproc_per_node 4 -m edgevit train --model deit_small --data imagenet --recipe recipes/deit_small_imagenet.yaml
+    """
+    cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
+                  resume, exist_ok, val_fraction, seed, cfg)
+
+
+@app.command()
+@friendly
+def distill(
+    teacher: str = typer.Option(..., help="teacher: zoo/timm name (e.g. resnet18_cifar, regnety_160)"),
+    teacher_checkpoint: Optional[Path] = typer.Option(None, help="the teacher's weights (else timm's hub weights)"),
+    student: str = typer.Option("deit_tiny_distilled", help="student with a distillation token"),
+    distillation: str = typer.Option("hard", help="hard | soft | none"),
+    alpha: Optional[float] = typer.Option(None, help="weight of the distillation term (hard 0.5, soft 0.1)"),
+    tau: Optional[float] = typer.Option(None, help="soft-distillation temperature (DeiT: 3.0)"),
+    data: str = _MODEL_OPTS["data"], split: str = _MODEL_OPTS["split"],
+    num_classes: Optional[int] = _MODEL_OPTS["num_classes"], img_size: Optional[int] = _MODEL_OPTS["img_size"],
+    patch_size: Optional[int] = _MODEL_OPTS["patch_size"], checkpoint: Optional[Path] = _MODEL_OPTS["checkpoint"],
+    pretrained: bool = _MODEL_OPTS["pretrained"], out_dir: Optional[Path] = _MODEL_OPTS["out_dir"],
+    resume: bool = _MODEL_OPTS["resume"], exist_ok: bool = _MODEL_OPTS["exist_ok"],
+    epochs: Optional[int] = _MODEL_OPTS["epochs"], batch_size: Optional[int] = _MODEL_OPTS["batch_size"],
+    lr: Optional[float] = _MODEL_OPTS["lr"], val_fraction: float = _MODEL_OPTS["val_fraction"],
+    seed: int = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
+    sets: List[str] = _MODEL_OPTS["sets"],
+):
+    """DeiT distillation: a frozen teacher trains the student's distillation token (hard, soft or none).
+
+        edgevit distill --teacher resnet18_cifar --teacher-checkpoint runs/teacher/model/weights.safetensors \
+            --student deit_tiny_distilled --distillation hard --data cifar-10-batches-py --img-size 32 --patch-size 4 --num-classes 10
+    """
+    if alpha is None and distillation == "soft" and not recipe:
+        alpha = 0.1
+    cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        distillation=distillation, teacher=teacher,
+                        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+                        alpha=alpha, tau=tau)
+    _train_common(student, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
+                  resume, exist_ok, val_fraction, seed, cfg)
+
+
 @app.command()
 @friendly
 def quickstart(

@@ -100,7 +100,8 @@ def create_run_dir(path: Path, exist_ok: bool) -> bool:
 
 def remove_if_empty_run(path: Path) -> None:
     """After a failure: drop a run directory this call created if no artifact was completed."""
-    arts = path / "artifacts"
-    if arts.is_dir() and any(not p.name.startswith(".") for p in arts.iterdir()):
-        return
+    for sub in ("artifacts", "checkpoints"):  # completed artifacts and training progress are kept
+        d = path / sub
+        if d.is_dir() and any(not p.name.startswith(".") for p in d.iterdir()):
+            return
     shutil.rmtree(path, ignore_errors=True)

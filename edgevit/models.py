@@ -17,6 +17,9 @@ import torch
 
 from .errors import CheckpointError, ModelError, OfflineError
 
+__all__ = ["ModelEntry", "ModelSpec", "register", "list_models", "resolve", "create_model", "load_state_dict",
+           "sha256_file", "count_params", "hub_reachable"]  # timm's register_model appends resnet18_cifar
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -62,6 +65,38 @@ for _e in [
                "MLP-Mixer L/16 (no attention: token pruning does not apply)"),
 ]:
     register(_e)
+
+
+def resnet18_cifar(pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """timm's ResNet-18 with the usual 32-px stem (3×3 stride-1 conv, no max-pool): the CNN teacher
+    for CIFAR-sized distillation. Registered with timm below, so every tool can build it by name."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    if pretrained:
+        raise OfflineError("resnet18_cifar has no published weights", "train it: edgevit train --model resnet18_cifar")
+    kwargs.pop("img_size", None)  # the stem works at any size; the data config carries the size
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory passes these
+        kwargs.pop(key, None)
+    model = ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    model.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.4914, 0.4822, 0.4465),
+                            "std": (0.2470, 0.2435, 0.2616), "interpolation": "bicubic", "crop_pct": 1.0,
+                            "num_classes": model.num_classes}
+    return model
+
+
+def _register_with_timm() -> None:
+    import timm
+    from timm.models import register_model
+
+    if "resnet18_cifar" not in timm.list_models():
+        register_model(resnet18_cifar)
+
+
+_register_with_timm()
+register(ModelEntry("resnet18_cifar", "resnet18_cifar", "cnn", False, 11.2, None,
+                    "ResNet-18 with a 32-px stem: the CNN teacher for CIFAR-sized distillation"))
 
 
 def list_models() -> list[ModelEntry]:

@@ -11,7 +11,9 @@ Run directory layout::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +256,8 @@ def run_recipe(recipe, exist_ok: bool = False) -> Path:
                           "set data.source to 'digits', a CIFAR folder or an ImageFolder")
     made = create_run_dir(opts.out, exist_ok)
     try:
-        model = _train_from_recipe(recipe, spec, opts.out)
+        model = run_training(spec, recipe.train, d.source, opts.out, split=d.split, val_fraction=d.val_fraction,
+                             seed=d.seed, exist_ok=True)
         opts.exist_ok = True
         return run_export(spec, opts, model=model)
     except BaseException:
@@ -263,25 +266,59 @@ def run_recipe(recipe, exist_ok: bool = False) -> Path:
         raise
 
 
-def _train_from_recipe(recipe, spec: ModelSpec, out: Path) -> torch.nn.Module:
+def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val", val_fraction: float = 0.2,
+                 seed: int = 0, resume: bool = False, exist_ok: bool = False) -> torch.nn.Module:
+    """Train (or distill) ``spec`` on ``data`` into run directory ``out``; returns the trained model.
+
+    ``spec.checkpoint`` is set to the saved weights (``out/model/weights.safetensors``) so that the
+    model can be exported straight away.
+    """
+    from .models import sha256_file
+    from .steps.distill import load_teacher
+    from .steps.train import fit, seed_everything, train_transform
+
+    out = Path(out)
+    if cfg.drop_path:
+        spec.extra = {**spec.extra, "drop_path_rate": cfg.drop_path}
+    seed_everything(cfg.seed)  # the same seed gives the same initial weights
+    model = create_model(spec)
+    dcfg = data_config(model, spec.img_size)
+    train_ds = load_split(data, "train", train_transform(dcfg, cfg), val_fraction, seed)
+    val_ds = load_split(data, split, eval_transform(dcfg), val_fraction, seed)
+    n_cls = int(getattr(model, "num_classes", 0) or 0)
+    if train_ds.classes and len(train_ds.classes) != n_cls:
+        raise ExportError(f"{data} has {len(train_ds.classes)} classes but {spec.name} was built for {n_cls}",
+                          f"pass --num-classes {len(train_ds.classes)}")
+    teacher = (load_teacher(cfg.teacher, cfg.teacher_checkpoint, n_cls)
+               if cfg.distillation != "none" else None)
+    made = False if resume else create_run_dir(out, exist_ok)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        if rank == 0:
+            write_json(out / RUN_MANIFEST, {
+                "edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
+                "params": count_params(model), "data_config": dcfg, "data": str(data), "split": split,
+                "train": dataclasses.asdict(cfg), "versions": library_versions(), "targets": []})
+            say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {data}: {len(train_ds)} "
+                f"train / {len(val_ds)} {split} images, {cfg.epochs} epoch(s), distillation {cfg.distillation}")
+        fit(model, train_ds, val_ds, cfg, out, dcfg, n_cls, spec.name, teacher=teacher, resume=resume,
+            spec=spec.to_dict())
+    except BaseException:
+        if made:
+            remove_if_empty_run(out)
+        raise
+    weights = out / "model" / "weights.safetensors"
+    if rank == 0:
+        _save_weights(model, weights)
+    spec.checkpoint, spec.pretrained = str(weights.resolve()), False
+    spec.checkpoint_sha256 = sha256_file(weights) if weights.exists() else None
+    return model
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    from .models import sha256_file
-    from .steps.train import train, train_transform
-
-    t, d = recipe.train, recipe.data
-    torch.manual_seed(t.seed)
-    model = create_model(spec)
-    cfg = data_config(model, spec.img_size)
-    train_ds = load_split(d.source, "train", train_transform(cfg, flip=t.flip), d.val_fraction, d.seed)
-    val_ds = load_split(d.source, d.split, eval_transform(cfg), d.val_fraction, d.seed)
-    say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {d.source}: "
-        f"{len(train_ds)} train / {len(val_ds)} {d.split} images, {t.epochs} epoch(s)")
-    train(model, train_ds, val_ds, t, history_path=out / "model" / "history.jsonl")
-    weights = out / "model" / "weights.safetensors"
-    tmp = weights.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
-    spec.checkpoint, spec.pretrained = str(weights.resolve()), False
-    spec.checkpoint_sha256 = sha256_file(weights)
-    return model
+    os.replace(tmp, path)

@@ -42,8 +42,8 @@ def compare(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], batches: 
 
 
 def accuracy_row(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"top1": 100.0 * topk_correct(logits, labels, 1).mean(),
-            "top5": 100.0 * topk_correct(logits, labels, 5).mean()}
+    return {"top1": float(100.0 * topk_correct(logits, labels, 1).mean()),
+            "top5": float(100.0 * topk_correct(logits, labels, 5).mean())}
 
 
 def fidelity(art: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -43,10 +43,17 @@ def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
                         "pass the folder that holds the CIFAR batches or the class folders")
     if any((path / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test")):
         return Cifar(path, "train" if split == "train" else "test"), True  # val and test: the test batch
-    sub = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"]}
-    for name in sub.get(split, []):
+    sub = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"],
+           "all": []}
+    for name in sub[split]:
         if (path / name).is_dir():
             return ImageFolder(path / name), True
+    have = [n for n in ("train", "val", "validation", "test") if (path / n).is_dir()]
+    if have:
+        raise DataError(f"{path} has no {split} split (found {', '.join(n + '/' for n in have)})",
+                        f"add {path}/{sub[split][0] if sub[split] else split}/ or pass --split "
+                        f"{'val' if split == 'train' else 'train'} (a folder without split sub-folders is "
+                        "split by --val-fraction instead)")
     return ImageFolder(path), False
 
 
@@ -71,7 +78,7 @@ def load_split(source: str | Path, split: str, transform=None, val_fraction: flo
     """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    base, native = open_source(source, split)
+    base, native = open_source(source, split if split in ("train", "val", "test") else "all")
     indices: list[int] | None = None
     if not native and split != "all":
         train, val = split_indices(base.targets, val_fraction, seed)
