@@ -296,10 +296,11 @@ def train(
 @app.command()
 @friendly
 def distill(
-    teacher: str = typer.Option(..., help="teacher: zoo/timm name (e.g. resnet18_cifar, regnety_160)"),
+    teacher: Optional[str] = typer.Option(None, help="teacher: zoo/timm name (e.g. resnet18_cifar, regnety_160); "
+                                          "required unless the --recipe names one"),
     teacher_checkpoint: Optional[Path] = typer.Option(None, help="the teacher's weights (else timm's hub weights)"),
     student: str = typer.Option("deit_tiny_distilled", help="student with a distillation token"),
-    distillation: str = typer.Option("hard", help="hard | soft | none"),
+    distillation: Optional[str] = typer.Option(None, help="hard | soft | none (default hard, or the recipe's)"),
     alpha: Optional[float] = typer.Option(None, help="weight of the distillation term (hard 0.5, soft 0.1)"),
     tau: Optional[float] = typer.Option(None, help="soft-distillation temperature (DeiT: 3.0)"),
     data: str = _MODEL_OPTS["data"], split: str = _MODEL_OPTS["split"],
@@ -317,12 +318,18 @@ def distill(
         edgevit distill --teacher resnet18_cifar --teacher-checkpoint runs/teacher/model/weights.safetensors \
             --student deit_tiny_distilled --distillation hard --data cifar-10-batches-py --img-size 32 --patch-size 4 --num-classes 10
     """
+    if distillation is None and not recipe:
+        distillation = "hard"
+    from .steps.distill import DistillationError
+
     if alpha is None and distillation == "soft" and not recipe:
         alpha = 0.1
     cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         distillation=distillation, teacher=teacher,
                         teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
                         alpha=alpha, tau=tau)
+    if cfg.distillation != "none" and not cfg.teacher:
+        raise DistillationError("no teacher given", "pass --teacher NAME (and --teacher-checkpoint for local weights)")
     _train_common(student, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
                   resume, exist_ok, val_fraction, seed, cfg)
 

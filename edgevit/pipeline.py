@@ -274,7 +274,7 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
     model can be exported straight away.
     """
     from .models import sha256_file
-    from .steps.distill import load_teacher
+    from .steps.distill import check_student, load_teacher
     from .steps.train import fit, seed_everything, train_transform
 
     out = Path(out)
@@ -289,6 +289,7 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
     if train_ds.classes and len(train_ds.classes) != n_cls:
         raise ExportError(f"{data} has {len(train_ds.classes)} classes but {spec.name} was built for {n_cls}",
                           f"pass --num-classes {len(train_ds.classes)}")
+    check_student(model, cfg.distillation, spec.name)  # before the (possibly downloaded) teacher
     teacher = (load_teacher(cfg.teacher, cfg.teacher_checkpoint, n_cls)
                if cfg.distillation != "none" else None)
     made = False if resume else create_run_dir(out, exist_ok)

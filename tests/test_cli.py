@@ -167,3 +167,30 @@ def test_quickstart_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     assert "report:" in r.output and (tmp_path / "qs" / "report.html").is_file()
     assert sorted(p.name for p in (tmp_path / "qs" / "artifacts").iterdir()) == sorted(TARGETS)
+
+
+def test_distill_student_without_token(tmp_path):
+    r = invoke("distill", "--teacher", "resnet18_cifar", "--student", "deit_tiny", "--data", "digits",
+               "--num-classes", "10", "--img-size", "32", "--patch-size", "8", "--out", tmp_path / "o")
+    assert_clear_error(r, "no distillation token", "deit_tiny_distilled")
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_unknown_set_option(tmp_path):
+    r = invoke("train", "--model", "deit_tiny", "--data", "digits", "--set", "mixpu=0.8", "--out", tmp_path / "o")
+    assert_clear_error(r, "unknown training option 'mixpu'", "mixup")
+
+
+def test_train_resume_without_checkpoint(tmp_path):
+    r = invoke("train", "--model", "deit_tiny", "--data", "digits", "--num-classes", "10", "--img-size", "32",
+               "--patch-size", "8", "--resume", "--out", tmp_path / "o")
+    assert_clear_error(r, "nothing to resume")
+
+
+def test_train_cli_runs_and_report_plots_training(tmp_path):
+    r = invoke("train", "--model", "deit_tiny", "--data", "digits", "--num-classes", "10", "--img-size", "32",
+               "--patch-size", "8", "--epochs", "2", "--batch-size", "128", "--out", tmp_path / "t")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "t" / "model" / "weights.safetensors").is_file()
+    r = invoke("report", tmp_path / "t")
+    assert r.exit_code == 0 and "validation top-1 per epoch" in (tmp_path / "t" / "report.html").read_text()
