@@ -27,7 +27,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "distill_cifar"))
     args = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from edgevit.bench.validate import compare, torch_predict

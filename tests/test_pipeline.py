@@ -1,7 +1,5 @@
 """Run directories, atomic artifacts, output checks, report."""
-import json
 
-import numpy as np
 import pytest
 
 from edgevit.bench.report import collect, mark_pareto, write_report

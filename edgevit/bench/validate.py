@@ -1,7 +1,6 @@
 """Accuracy of an artifact against the float PyTorch model, on the same labelled images."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -79,7 +78,3 @@ def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module,
     for name in runners:
         out[name] = {"data": data, **fidelity(res[name]["logits"], ref, labels)}
     return out
-
-
-def source_label(source: str | Path) -> str:
-    return Path(str(source)).name or str(source)

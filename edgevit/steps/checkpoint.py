@@ -5,7 +5,6 @@ back, and found finite, so the last good checkpoint survives a crash, a full dis
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,3 @@ def load_checkpoint(path: Path, model_name: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} was saved while training {state.get('model_name')!r}, not {model_name!r}",
                               f"resume with --model {state.get('model_name')}, or choose another --out")
     return state
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
