@@ -229,7 +229,7 @@ def _train_config(recipe: Optional[Path], sets: List[str], **given):
 
 
 def _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
-                  resume, exist_ok, val_fraction, seed, cfg) -> None:
+                  resume, exist_ok, val_fraction, cfg) -> None:
     from .models import ModelSpec
     from .pipeline import run_training
 
@@ -238,7 +238,7 @@ def _train_common(model, data, split, num_classes, img_size, patch_size, checkpo
     out = out_dir or (_fresh(Path("runs") / f"train-{model}") if not resume else None)
     if out is None:
         raise typer.BadParameter("--resume needs the --out of the run to continue")
-    run_training(spec, cfg, data, out, split=split, val_fraction=val_fraction, seed=seed, resume=resume,
+    run_training(spec, cfg, data, out, split=split, val_fraction=val_fraction, seed=cfg.seed, resume=resume,
                  exist_ok=exist_ok)
     out_msg = Path(out) / "model" / "weights.safetensors"
     err.print(f"[bold]weights:[/] {out_msg}  (export: edgevit export --model {model} --checkpoint {out_msg}"
@@ -261,7 +261,7 @@ _MODEL_OPTS = dict(
     batch_size=typer.Option(None, help="batch size per process"),
     lr=typer.Option(None, help="peak learning rate (DeiT: 5e-4 × global batch / 512)"),
     val_fraction=typer.Option(0.2, help="hold-out fraction for data without its own val split"),
-    seed=typer.Option(0, help="seed of the data split and of training"),
+    seed=typer.Option(None, help="seed of the data split and of training (default 0, or the recipe's)"),
     recipe=typer.Option(None, help="take the training options from this recipe's train: section"),
     sets=typer.Option([], "--set", help="any training option as KEY=VALUE, e.g. --set mixup=0.8 --set ema_decay=0.9999"),
 )
@@ -278,7 +278,7 @@ def train(
     resume: bool = _MODEL_OPTS["resume"], exist_ok: bool = _MODEL_OPTS["exist_ok"],
     epochs: Optional[int] = _MODEL_OPTS["epochs"], batch_size: Optional[int] = _MODEL_OPTS["batch_size"],
     lr: Optional[float] = _MODEL_OPTS["lr"], val_fraction: float = _MODEL_OPTS["val_fraction"],
-    seed: int = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
+    seed: Optional[int] = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
     sets: List[str] = _MODEL_OPTS["sets"],
 ):
     """Supervised training (teachers, fine-tuning, baselines) with DeiT's recipe from timm's parts.
@@ -289,7 +289,7 @@ def train(
     """
     cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
-                  resume, exist_ok, val_fraction, seed, cfg)
+                  resume, exist_ok, val_fraction, cfg)
 
 
 @app.command()
@@ -309,7 +309,7 @@ def distill(
     resume: bool = _MODEL_OPTS["resume"], exist_ok: bool = _MODEL_OPTS["exist_ok"],
     epochs: Optional[int] = _MODEL_OPTS["epochs"], batch_size: Optional[int] = _MODEL_OPTS["batch_size"],
     lr: Optional[float] = _MODEL_OPTS["lr"], val_fraction: float = _MODEL_OPTS["val_fraction"],
-    seed: int = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
+    seed: Optional[int] = _MODEL_OPTS["seed"], recipe: Optional[Path] = _MODEL_OPTS["recipe"],
     sets: List[str] = _MODEL_OPTS["sets"],
 ):
     """DeiT distillation: a frozen teacher trains the student's distillation token (hard, soft or none).
@@ -330,7 +330,7 @@ def distill(
     if cfg.distillation != "none" and not cfg.teacher:
         raise DistillationError("no teacher given", "pass --teacher NAME (and --teacher-checkpoint for local weights)")
     _train_common(student, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
-                  resume, exist_ok, val_fraction, seed, cfg)
+                  resume, exist_ok, val_fraction, cfg)
 
 
 @app.command()

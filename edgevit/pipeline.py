@@ -26,7 +26,7 @@ from . import __version__
 from .bench.latency import bench_callable, bench_eager, default_threads
 from .bench.validate import torch_predict, validate_runners
 from .data import EMBEDDED, data_config, eval_transform, load_split
-from .errors import ArtifactError, ExportError
+from .errors import ArtifactError, DataError, ExportError
 from .manifest import (RUN_MANIFEST, command_line, create_run_dir, library_versions, now,
                        remove_if_empty_run, staged_dir, write_json)
 from .models import ModelSpec, count_params, create_model
@@ -287,7 +287,7 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
     val_ds = load_split(data, split, eval_transform(dcfg), val_fraction, seed)
     n_cls = int(getattr(model, "num_classes", 0) or 0)
     if train_ds.classes and len(train_ds.classes) != n_cls:
-        raise ExportError(f"{data} has {len(train_ds.classes)} classes but {spec.name} was built for {n_cls}",
+        raise DataError(f"{data} has {len(train_ds.classes)} classes but {spec.name} was built for {n_cls}",
                           f"pass --num-classes {len(train_ds.classes)}")
     check_student(model, cfg.distillation, spec.name)  # before the (possibly downloaded) teacher
     teacher = (load_teacher(cfg.teacher, cfg.teacher_checkpoint, n_cls)

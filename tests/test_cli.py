@@ -194,3 +194,14 @@ def test_train_cli_runs_and_report_plots_training(tmp_path):
     assert (tmp_path / "t" / "model" / "weights.safetensors").is_file()
     r = invoke("report", tmp_path / "t")
     assert r.exit_code == 0 and "validation top-1 per epoch" in (tmp_path / "t" / "report.html").read_text()
+
+
+def test_train_flags_do_not_override_the_recipe_unless_given(tmp_path):
+    from edgevit.cli import _train_config
+
+    r = tmp_path / "r.yaml"
+    r.write_text("train: {seed: 7, epochs: 3, mixup: 0.8}\n")
+    cfg = _train_config(r, [], seed=None, epochs=None)
+    assert (cfg.seed, cfg.epochs, cfg.mixup) == (7, 3, 0.8)
+    cfg = _train_config(r, ["mixup=0.2"], seed=3, epochs=None)
+    assert (cfg.seed, cfg.epochs, cfg.mixup) == (3, 3, 0.2)
