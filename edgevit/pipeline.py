@@ -292,8 +292,8 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
     check_student(model, cfg.distillation, spec.name)  # before the (possibly downloaded) teacher
     teacher = (load_teacher(cfg.teacher, cfg.teacher_checkpoint, n_cls)
                if cfg.distillation != "none" else None)
-    made = False if resume else create_run_dir(out, exist_ok)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 makes and writes the run directory
+    made = False if resume or rank != 0 else create_run_dir(out, exist_ok)
     try:
         if rank == 0:
             write_json(out / RUN_MANIFEST, {

@@ -199,19 +199,19 @@ def test_two_process_ddp_with_gloo(tmp_path):
         from edgevit.pipeline import run_training
         from edgevit.steps.train import TrainConfig
         model = run_training(tiny_spec(), TrainConfig(epochs=2, batch_size=32, flip=False), "digits",
-                             {str(tmp_path / 'run')!r}, exist_ok=True)
+                             {str(tmp_path / 'run')!r})  # no exist_ok: only rank 0 may create it
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, flat)
         assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks diverged"
-        print("RANK", dist.get_rank(), "OK", flush=True)
+        open(os.path.join({str(tmp_path)!r}, f"rank{{dist.get_rank()}}.ok"), "w").write("ok")  # not stdout: ranks interleave
         dist.destroy_process_group()
     """))
     env = {**os.environ, "EDGEVIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "RANK 0 OK" in p.stdout and "RANK 1 OK" in p.stdout
+    assert (tmp_path / "rank0.ok").is_file() and (tmp_path / "rank1.ok").is_file()
     history = (tmp_path / "run" / "model" / "history.jsonl").read_text().splitlines()
     assert len(history) == 2  # rank 0 alone wrote it
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
