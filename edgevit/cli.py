@@ -83,42 +83,82 @@ def targets():
     out.print(t)
 
 
-@app.command()
-@friendly
-def export(
-    model: str = typer.Option("deit_tiny", "--model", "-m", help="zoo short name (`edgevit models`) or any timm name"),
-    target: List[str] = typer.Option(["onnx"], "--target", "-t", help="one or more targets, repeat or comma-separate (`edgevit targets`)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="local weights: timm/DeiT .pth (with or without a 'model' key) or .safetensors"),
-    pretrained: bool = typer.Option(True, help="download timm's hub weights when no --checkpoint is given (needs internet)"),
-    num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
-    img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
-    patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
-    data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
-    split: str = typer.Option("test", help="train | val | test | all"),
-    limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
-    val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own split (digits, a flat folder)"),
-    seed: int = typer.Option(0, help="seed of that deterministic, stratified split"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<target>)"),
-    exist_ok: bool = typer.Option(False, help="write into an existing --out"),
-    bench: bool = typer.Option(True, help="benchmark latency after export"),
-    batch: int = typer.Option(1, help="benchmark batch size"),
-    threads: Optional[int] = typer.Option(None, help="benchmark threads (default: all cores)"),
-):
-    """Export a model to one or more targets, check each against PyTorch, validate, bench and report.
+INT8 = "int8 (calibration, --max-drop, QAT)"
+
+
+def _export_command(default_targets: List[str], doc: str):
+    """export and quantize share every option; only the default targets and the help differ."""
+
+    def command(
+        model: str = typer.Option("deit_tiny", "--model", "-m", help="zoo short name (`edgevit models`) or any timm name"),
+        target: List[str] = typer.Option(default_targets, "--target", "-t", help="one or more targets, repeat or comma-separate (`edgevit targets`)"),
+        checkpoint: Optional[Path] = typer.Option(None, help="local weights: timm/DeiT .pth (with or without a 'model' key) or .safetensors"),
+        pretrained: bool = typer.Option(True, help="download timm's hub weights when no --checkpoint is given (needs internet)"),
+        num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
+        img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
+        patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
+        data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
+        split: str = typer.Option("test", help="train | val | test | all"),
+        limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
+        val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own split (digits, a flat folder)"),
+        seed: int = typer.Option(0, help="seed of that deterministic, stratified split"),
+        out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<target>)"),
+        exist_ok: bool = typer.Option(False, help="write into an existing --out"),
+        bench: bool = typer.Option(True, help="benchmark latency after export"),
+        batch: int = typer.Option(1, help="benchmark batch size"),
+        threads: Optional[int] = typer.Option(None, help="benchmark threads (default: all cores)"),
+        calib: Optional[str] = typer.Option(None, help="images to calibrate on: a folder (class sub-folders or flat), CIFAR folder or 'digits' (default: the training images of --data)", rich_help_panel=INT8),
+        calib_size: int = typer.Option(300, help="calibration images, drawn class by class, deterministic", rich_help_panel=INT8),
+        calib_seed: int = typer.Option(0, help="seed of the class-by-class calibration draw", rich_help_panel=INT8),
+        calib_grey: bool = typer.Option(False, help="accept a calibration set of mostly 1-channel images (models fed grey images as RGB)", rich_help_panel=INT8),
+        calibrator: Optional[str] = typer.Option(None, help="minmax | percentile | entropy | distribution (default: the backend's measured best)", rich_help_panel=INT8),
+        form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic (default, fastest on CPU) | static (calibrated Q/DQ)", rich_help_panel=INT8),
+        max_drop: Optional[float] = typer.Option(None, help="keep the most sensitive layers float until the top-1 drop on held-out calibration-source images is at most this many points", rich_help_panel=INT8),
+        max_float: Optional[int] = typer.Option(None, help="at most this many layers kept float by --max-drop (default: half)", rich_help_panel=INT8),
+        exclude: List[str] = typer.Option([], help="keep this layer float (ONNX node name, repeatable)", rich_help_panel=INT8),
+        quantize_head: bool = typer.Option(False, help="quantize the classifier head too", rich_help_panel=INT8),
+        quantize_norms: bool = typer.Option(False, help="also put Q/DQ on LayerNorm and Softmax inputs (aggressive; costs accuracy)", rich_help_panel=INT8),
+        smooth_quant: Optional[float] = typer.Option(None, help="openvino-int8 SmoothQuant alpha (default NNCF's 0.95; -1 turns it off)", rich_help_panel=INT8),
+        qat_epochs: int = typer.Option(0, help="quantization-aware fine-tuning epochs on --data's training images (NNCF); 0 = post-training only", rich_help_panel=INT8),
+        qat_lr: float = typer.Option(1e-5, help="QAT learning rate (a fraction of the training one)", rich_help_panel=INT8),
+        qat_batch_size: int = typer.Option(64, help="QAT batch size", rich_help_panel=INT8),
+        qat_distill: bool = typer.Option(True, help="QAT also learns from the float model's logits (knowledge distillation)", rich_help_panel=INT8),
+    ):
+        from .models import ModelSpec
+        from .pipeline import ExportOptions, run_export
+        from .steps.quantize import QuantConfig
+
+        tgts = _split_targets(target)
+        spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                         checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
+        quant = QuantConfig(calib=calib, calib_size=calib_size, calib_seed=calib_seed, calib_grey=calib_grey, calibrator=calibrator,
+                            form=form, max_drop=max_drop, max_float=max_float, exclude=list(exclude),
+                            quantize_head=quantize_head, quantize_norms=quantize_norms, smooth_quant=smooth_quant,
+                            qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_distill=qat_distill)
+        opts = ExportOptions(targets=tgts, out=out_dir or _default_out(model, tgts), data=data, split=split,
+                             val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit,
+                             bench=bench, batch=batch, threads=threads, quant=quant)
+        run_export(spec, opts)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("export")(friendly(_export_command(["onnx"], """Export a model to one or more targets, check each against PyTorch, validate, bench and report.
 
     Example (offline, with local weights):
 
         edgevit export --model deit_tiny --target onnx,openvino --checkpoint deit_tiny.pth --data imagenet/val
-    """
-    from .models import ModelSpec
-    from .pipeline import ExportOptions, run_export
+    """)))
 
-    tgts = _split_targets(target)
-    spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
-                     checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
-    opts = ExportOptions(targets=tgts, out=out_dir or _default_out(model, tgts), data=data, split=split,
-                         val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit, bench=bench, batch=batch, threads=threads)
-    run_export(spec, opts)
+app.command("quantize")(friendly(_export_command(["openvino-int8", "onnx-int8", "tensorrt-int8"], """int8 post-training quantization to every int8 target, validated against the float model.
+
+    Calibrates on --calib (default: the training images of --data), keeps LayerNorm, Softmax and the
+    head float, and with --max-drop keeps the most sensitive layers float until the top-1 drop on
+    held-out images of the calibration source is within bound (the report lists them).
+
+        edgevit quantize --model deit_tiny --checkpoint w.pth --data imagenet/ --calib imagenet/train --max-drop 0.5
+    """)))
 
 
 @app.command()

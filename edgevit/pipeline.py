@@ -34,7 +34,8 @@ from .progress import say
 from .targets import MANIFEST, Target, export_onnx, get_target, read_manifest
 
 # Largest |artifact - torch| on real images, relative to the largest |torch logit|, per precision.
-TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.1}
+# int8 is a sanity bound (a broken graph is far off); its accuracy is what validation measures.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.1, "int8": 1.0}
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ExportOptions:
     warmup: int = 10
     iters: int = 50
     check_images: int = 16
+    quant: Any = None  # steps.quantize.QuantConfig for the int8 targets (defaults when None)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (e.g. training facts)
 
     def __post_init__(self) -> None:
@@ -67,13 +69,17 @@ def check_images(data: str | None, data_cfg: dict, n: int, split: str, val_fract
 
 
 def export_artifact(target: Target, onnx_fp32: Path, final: Path, model: torch.nn.Module,
-                    sample: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]:
+                    sample: np.ndarray, manifest: dict[str, Any], options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Export one target into a staging folder, check it against PyTorch, then rename it in place."""
     with staged_dir(final) as tmp:
-        facts = target.export(onnx_fp32, tmp, {})
+        facts = target.export(onnx_fp32, tmp, options or {})
         runner = target.load(tmp)
-        check = output_check(runner, model, sample)
-        tol = TOLERANCE.get(runner.info.get("precision", target.precision), TOLERANCE["fp16"])
+        # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
+        reference = (options or {}).get("reference_model") if target.precision == "int8" else None
+        check = output_check(runner, reference if reference is not None else model, sample)
+        precision = target.precision if target.precision == "int8" else runner.info.get("precision")
+        tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
         if check["rel_max_abs_diff"] > tol:
             raise ExportError(
                 f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
@@ -129,8 +135,18 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
         onnx_fp32 = Path(tmp) / "float.onnx"
         say(f"exporting {spec.name} to ONNX (opset 17, dynamic batch)")
         base_manifest["onnx"] = export_onnx(model, cfg["input_size"][-1], onnx_fp32)
+        options = _quant_options(opts, cfg, targets)
+        if options["quant"].qat_epochs and any(t.precision == "int8" for t in targets):
+            from .steps.qat import quantize_aware
+
+            say(f"QAT: {options['quant'].qat_epochs} epoch(s) of quantization-aware fine-tuning on {opts.data}")
+            options["qat_onnx"] = Path(tmp) / "qat.onnx"
+            options["reference_model"], options["qat_facts"] = quantize_aware(
+                model, spec.name, options["calib"].images, opts.data, cfg, options["quant"], opts.out,
+                options["qat_onnx"], opts.val_fraction, opts.seed)
         for t in targets:
-            mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest)
+            mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest,
+                                 options)
             c = mf["check_vs_pytorch"]
             say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  max|Δ| vs PyTorch "
                 f"{c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})")
@@ -143,6 +159,40 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
     report = write_report(opts.out)
     print_summary(opts.out)
     say(f"[bold]report:[/] {report}")
+
+
+def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[Target]) -> dict[str, Any]:
+    """Calibration (and, for --max-drop, control) images for the int8 targets that need them."""
+    from .calibration import calibration_set, control_set
+    from .steps.quantize import QuantConfig
+
+    cfg = opts.quant or QuantConfig()
+    int8 = [t for t in targets if t.precision == "int8"]
+    options: dict[str, Any] = {"quant": cfg, "progress": say}
+    if not int8 or not any(t.needs_calibration_for(cfg) or cfg.max_drop is not None or cfg.qat_epochs
+                           for t in int8):
+        return options
+    source, allowed = cfg.calib, None
+    if source is None:  # the training images of --data (its training part, when the split is carved)
+        source = opts.data or EMBEDDED
+        allowed = train_indices(source, opts.val_fraction, opts.seed)
+    calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
+                            allowed=allowed)
+    say(f"calibration: {len(calib.images)} images from {source} ({'cache' if calib.cached else 'built'} "
+        f"{calib.key})")
+    options["calib"] = calib
+    if cfg.max_drop is not None:
+        options["control"] = control_set(source, data_cfg, cfg.calib_size, cfg.control_size, cfg.calib_seed,
+                                         allowed=allowed)
+    return options
+
+
+def train_indices(source: str, val_fraction: float, seed: int) -> list[int] | None:
+    """Indices of a source's training part when validation carves it from the same images."""
+    from .data import open_source, split_indices
+
+    base, native = open_source(source, "train")
+    return None if native else split_indices(base.targets, val_fraction, seed)[0]
 
 
 def load_artifact(path: str | Path, threads: int | None = None):
@@ -246,7 +296,7 @@ def run_recipe(recipe, exist_ok: bool = False) -> Path:
     opts = ExportOptions(targets=list(recipe.targets), out=Path(recipe.out), data=d.source, split=d.split,
                          val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
                          bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
-                         extra={"recipe": recipe.to_dict()})
+                         quant=recipe.quant, extra={"recipe": recipe.to_dict()})
     if recipe.train is None:
         return run_export(spec, opts)
     for t in opts.targets:

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from .errors import RecipeError
+from .steps.quantize import QuantConfig
 from .steps.train import TrainConfig
 
 
@@ -38,6 +39,7 @@ class DataSection:
 
 
 TrainSection = TrainConfig  # the recipe's train: section is the training engine's own config
+QuantSection = QuantConfig  # quant: is the int8 stage's own config (calibration, --max-drop, QAT)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     train: TrainConfig | None = None
     targets: list = field(default_factory=lambda: ["onnx", "openvino"])
+    quant: QuantConfig | None = None
     bench: BenchSection = field(default_factory=BenchSection)
     out: str = "runs/run"
 
@@ -80,7 +83,7 @@ def _build(cls, raw: Any, where: str, file: str):
 
 
 def _convert(hint, value, path: str, file: str):
-    sections = {ModelSection, DataSection, TrainConfig, BenchSection}
+    sections = {ModelSection, DataSection, TrainConfig, QuantConfig, BenchSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
@@ -126,6 +129,7 @@ def quickstart_recipe() -> Recipe:
         data=DataSection(source="digits", split="val", val_fraction=0.2, seed=0),
         train=TrainConfig(epochs=20, batch_size=32, lr=1e-3, warmup_epochs=1, flip=False),
         targets=list(TARGETS),
+        quant=QuantConfig(calib_size=300),
         bench=BenchSection(batch=1, warmup=10, iters=50),
         out="runs/quickstart",
     )

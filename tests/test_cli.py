@@ -76,7 +76,7 @@ def test_unknown_target(tmp_path, ckpt):
 
 
 def test_planned_target_says_so(tmp_path, ckpt):
-    r = invoke("export", *TINY, "--checkpoint", ckpt, "--target", "tensorrt-int8", "--out", tmp_path / "o")
+    r = invoke("export", *TINY, "--checkpoint", ckpt, "--target", "coreml-int8", "--out", tmp_path / "o")
     assert_clear_error(r, "not built in this version")
 
 

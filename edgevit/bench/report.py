@@ -44,7 +44,36 @@ def collect(run_dir: Path) -> dict[str, Any]:
     mark_pareto(ordered)
     history = [json.loads(line) for line in (run_dir / "model" / "history.jsonl").read_text().splitlines()
                if line.strip()] if (run_dir / "model" / "history.jsonl").exists() else []
-    return {"run": run, "rows": ordered, "training": history}
+    return {"run": run, "rows": ordered, "training": history, "int8": int8_facts(run_dir)}
+
+
+def int8_facts(run_dir: Path) -> list[dict[str, Any]]:
+    """How each int8 artifact was made: form, calibration, and the layers kept float (and why)."""
+    out = []
+    for mf_path in sorted((Path(run_dir) / "artifacts").glob("*/manifest.json")):
+        mf = _load(mf_path)
+        if mf.get("precision") != "int8":
+            continue
+        e, cal, md = mf.get("export", {}), mf.get("export", {}).get("calibration") or {}, mf.get("export", {}).get("max_drop")
+        out.append({"target": mf["target"], "form": e.get("form"), "calibrator": e.get("calibrator"),
+                    "calibration": f"{cal['size']} images of {cal['source']}" if cal else "none (dynamic)",
+                    "activations": e.get("activations"), "weights": e.get("weights"),
+                    "float_layers": e.get("float_layers", []), "layers": e.get("layers"),
+                    "max_drop": None if not md else f"bound {md['bound_pts']} pts: {md['control_drop_pts']:.2f} pts "
+                                                    f"on {md['control_images']} held-out images"})
+    return out
+
+
+def int8_markdown(items: list[dict[str, Any]]) -> list[str]:
+    if not items:
+        return []
+    lines = ["", "## int8 artifacts", "", "| target | form | calibrator | calibration | --max-drop | layers kept float |",
+             "|---|---|---|---|---|---|"]
+    for i in items:
+        kept = ", ".join(i["float_layers"]) or "none"
+        lines.append(f"| {i['target']} | {i['form']} | {i['calibrator'] or '—'} | {i['calibration']} | "
+                     f"{i['max_drop'] or '—'} | {len(i['float_layers'])} of {i['layers']}: {kept} |")
+    return lines
 
 
 def mark_pareto(rows: list[dict[str, Any]]) -> None:
@@ -133,6 +162,7 @@ def markdown(data: dict[str, Any]) -> str:
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in data["rows"]:
         lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + f" | {'★' if r.get('pareto') else ''} |")
+    lines += int8_markdown(data.get("int8", []))
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +202,20 @@ td:first-child,th:first-child{{text-align:left}} th{{background:#f6f6f6}} tr.par
 Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
 {data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up. Peak MB is the resident
 memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running only).</p>
-{train}<ul class="note">{facts}</ul></body></html>"""
+{int8_html(data.get("int8", []))}{train}<ul class="note">{facts}</ul></body></html>"""
+
+
+def int8_html(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            i["target"], i["form"], i["calibrator"] or "—", i["calibration"], i["max_drop"] or "—",
+            f"{len(i['float_layers'])} of {i['layers']}")) + "</tr>"
+        + (f"<tr><td colspan=6 class='note' style='text-align:left'>kept float: "
+           f"{html.escape(', '.join(i['float_layers']))}</td></tr>" if i["float_layers"] else "") for i in items)
+    return ("<h2>int8 artifacts</h2><table><tr><th>target</th><th>form</th><th>calibrator</th><th>calibration</th>"
+            f"<th>--max-drop</th><th>layers kept float</th></tr>{rows}</table>")
 
 
 def headline(rows: list[dict[str, Any]]) -> str:

@@ -49,7 +49,8 @@ class DistillationLoss(torch.nn.Module):
     """Wraps the base criterion; ``forward(inputs, outputs, labels)`` as in DeiT's reference code."""
 
     def __init__(self, base: torch.nn.Module, teacher: torch.nn.Module | None, kind: str = "none",
-                 alpha: float = 0.5, tau: float = 1.0, teacher_input: torch.nn.Module | None = None):
+                 alpha: float = 0.5, tau: float = 1.0, teacher_input: torch.nn.Module | None = None,
+                 single_head: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise DistillationError(f"unknown distillation {kind!r}", f"use one of {', '.join(KINDS)}")
@@ -57,10 +58,13 @@ class DistillationLoss(torch.nn.Module):
             raise DistillationError(f"--distillation {kind} needs a teacher", "pass --teacher NAME_OR_CHECKPOINT")
         self.base, self.teacher, self.kind, self.alpha, self.tau = base, teacher, kind, alpha, tau
         self.teacher_input = teacher_input or torch.nn.Identity()
+        self.single_head = single_head  # classic KD: the one head learns from labels and teacher
 
     def forward(self, inputs: torch.Tensor, outputs, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return self.base(outputs[0] if isinstance(outputs, tuple) else outputs, labels)
+        if not isinstance(outputs, tuple) and self.single_head:
+            outputs = (outputs, outputs)
         if not isinstance(outputs, tuple):
             raise DistillationError("the student returned one head while distilling",
                                     "use a student with a distillation token, e.g. deit_tiny_distilled")

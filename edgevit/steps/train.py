@@ -177,7 +177,8 @@ class Parts:
     device: torch.device
 
 
-def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, rank, world, device) -> Parts:
+def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, rank, world, device,
+           single_head_kd: bool = False) -> Parts:
     from timm.data import Mixup
     from timm.data.distributed_sampler import RepeatAugSampler
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -190,7 +191,7 @@ def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, ra
         raise TrainingError(f"{len(train_ds)} training images are fewer than one batch of {cfg.batch_size * world}",
                             "lower --batch-size or add images")
     model.to(device)
-    if cfg.distillation != "none":
+    if cfg.distillation != "none" and not single_head_kd:
         _unwrap(model).set_distilled_training(True)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -213,7 +214,7 @@ def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, ra
         teacher.to(device)
         t_cfg = getattr(teacher, "edgevit_data_config", None) or data_config(teacher)
         t_in = TeacherInput(data_cfg, t_cfg).to(device)
-    crit = DistillationLoss(base, teacher, cfg.distillation, cfg.alpha, cfg.tau, t_in)
+    crit = DistillationLoss(base, teacher, cfg.distillation, cfg.alpha, cfg.tau, t_in, single_head=single_head_kd)
     ema = ModelEmaV3(_unwrap(model), decay=cfg.ema_decay) if cfg.ema_decay else None
     amp = cfg.amp and device.type == "cuda"
     dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -272,22 +273,25 @@ def _one_epoch(p: Parts, cfg: TrainConfig, epoch: int, show: bool) -> dict[str, 
 
 def fit(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, run_dir: Path,
         data_cfg: dict[str, Any], num_classes: int, model_name: str, teacher: torch.nn.Module | None = None,
-        resume: bool = False, spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        resume: bool = False, spec: dict[str, Any] | None = None, single_head_kd: bool = False
+        ) -> list[dict[str, Any]]:
     """Train ``model`` in place (the EMA weights when ``ema_decay``); returns one metrics row per epoch.
 
     Writes ``run_dir/checkpoints/last.pt`` after every epoch and ``run_dir/model/history.jsonl``
-    (rank 0 only). ``resume`` continues from that checkpoint.
+    (rank 0 only). ``resume`` continues from that checkpoint. ``single_head_kd`` distills into the
+    model's one head (knowledge distillation without a distillation token, e.g. QAT from the float model).
     """
     if cfg.distillation not in KINDS:
         raise DistillationError(f"unknown distillation {cfg.distillation!r}", f"use one of {', '.join(KINDS)}")
-    check_student(model, cfg.distillation, model_name)
+    if not single_head_kd:
+        check_student(model, cfg.distillation, model_name)
     rank, world, device = init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     ckpt = Path(run_dir) / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt, model_name) if resume else None  # fail before any work
-    p = _build(model, train_ds, cfg, data_cfg, teacher, num_classes, rank, world, device)
+    p = _build(model, train_ds, cfg, data_cfg, teacher, num_classes, rank, world, device, single_head_kd)
     history: list[dict[str, Any]] = []
     start = 0
     if state is not None:
@@ -316,7 +320,7 @@ def fit(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: 
     final = p.ema.module if p.ema is not None else _unwrap(p.model)
     if final is not model:
         model.load_state_dict(final.state_dict())
-    if cfg.distillation != "none":
+    if cfg.distillation != "none" and not single_head_kd:
         model.set_distilled_training(False)
     model.eval().cpu()
     return history

@@ -1,12 +1,13 @@
 """The one table of export targets. The CLI, validation, benchmarks and tests all read it.
 
-Targets that later stages add (int8, TensorRT, CoreML) are listed in ``PLANNED`` so that asking
+Targets that later stages add (TensorRT engines, CoreML) are listed in ``PLANNED`` so that asking
 for one gives a clear answer instead of "unknown target".
 """
 from __future__ import annotations
 
 from .base import MANIFEST, Runner, Target, read_manifest
 from .onnx import OnnxTarget, export_onnx
+from .int8 import INT8_TARGETS
 from .openvino import OpenVinoTarget
 from ..errors import TargetError
 
@@ -19,14 +20,12 @@ TARGETS: dict[str, Target] = {
         OpenVinoTarget("openvino-fp16", "fp16",
                        "OpenVINO IR, fp16 weights, the device's default inference precision "
                        "(bf16 on AVX512-BF16/AMX CPUs)"),
+        *INT8_TARGETS,
     ]
 }
 
 PLANNED: dict[str, str] = {
-    "onnx-int8": "int8 Q/DQ ONNX for ONNX Runtime (the int8 stage)",
-    "openvino-int8": "NNCF post-training int8 for OpenVINO (the int8 stage)",
     "tensorrt-fp16": "TensorRT engine, fp16 (the device-backend stage)",
-    "tensorrt-int8": "TensorRT engine from explicit Q/DQ ONNX (the int8 and device-backend stages)",
     "coreml": "CoreML package, fp16 (the device-backend stage)",
     "coreml-int8": "CoreML package, int8 weights (the device-backend stage)",
 }

@@ -75,6 +75,9 @@ class OnnxTarget(Target):
         raise ExportError(f"target {self.name!r}: precision {self.precision} is not built by OnnxTarget")
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
+        return self.load_file(art_dir / self.model_file, threads)
+
+    def load_file(self, path: Path, threads: int | None = None) -> Runner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -83,7 +86,7 @@ class OnnxTarget(Target):
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         providers = _providers()
-        sess = ort.InferenceSession(str(art_dir / self.model_file), opts, providers=providers)
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
         name = sess.get_inputs()[0].name
 
         def predict(x: np.ndarray) -> np.ndarray:

@@ -67,8 +67,11 @@ class OpenVinoTarget(Target):
         size = [1, *[d.get_length() for d in list(model.input(0).get_partial_shape())[1:]]]
         first, _ = request_for(tuple(size))  # compile now, so load errors surface at load time
         runtime_precision = str(first.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "")
+        precision = _short(runtime_precision)
+        if self.precision == "int8":  # int8 where quantized, the device's default precision elsewhere
+            precision = f"int8/{precision}"
         return Runner(predict, {"runtime": f"openvino {ov.__version__}", "device": device,
-                                "precision": _short(runtime_precision)})
+                                "precision": precision})
 
 
 def _short(precision: str) -> str:

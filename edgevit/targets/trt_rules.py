@@ -1,0 +1,109 @@
+"""TensorRT's explicit-quantization rules, checked on a Q/DQ ONNX without TensorRT.
+
+TensorRT builds int8 kernels from QuantizeLinear/DequantizeLinear pairs only when (TensorRT
+developer guide, "Explicit Quantization"):
+
+1. the quantized type is signed int8 (uint8 Q/DQ is rejected);
+2. every zero-point is 0 (TensorRT's int8 is symmetric);
+3. weights are quantized per output channel (Conv/ConvTranspose axis 0; MatMul weights
+   ``[K, N]`` axis 1; Gemm axis 0 with ``transB=1``, else 1) or per tensor;
+4. activations are quantized per tensor (a scalar scale);
+5. edgevit's ViT rule: no Q/DQ feeds LayerNormalization or Softmax unless asked, since TensorRT
+   fuses those in float and int8 there costs accuracy (a "Q/DQ feeds X" violation).
+
+:func:`check_tensorrt_rules` returns every violation found, each a line naming the node.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FLOAT_OPS = ("LayerNormalization", "Softmax")
+
+
+def check_tensorrt_rules(model: str | Path | Any, allow_norms: bool = False) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    g = m.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:  # constants folded into Constant nodes count as initializers
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].t is not None and n.output:
+            try:
+                inits[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+            except Exception:
+                pass
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    bad: list[str] = []
+    counts = {"quantize": 0, "dequantize": 0, "weights_per_channel": 0, "activations_per_tensor": 0}
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        counts["quantize" if n.op_type == "QuantizeLinear" else "dequantize"] += 1
+        bad += _check_zero_point(n, inits)
+        if n.op_type == "DequantizeLinear":
+            bad += _check_dq(n, inits, consumers, counts, allow_norms, _is_weight(n, inits, producers))
+    return {"violations": bad, "count": len(bad), **counts, "allow_norms": allow_norms}
+
+
+def _check_zero_point(n, inits) -> list[str]:
+    if len(n.input) < 3 or not n.input[2]:
+        return [f"{n.name}: no zero-point (defaults to uint8, which TensorRT rejects)"]
+    zp = inits.get(n.input[2])
+    if zp is None:
+        return [f"{n.name}: zero-point {n.input[2]} is not a constant"]
+    out = []
+    if zp.dtype != np.int8:
+        out.append(f"{n.name}: quantized type {zp.dtype} (TensorRT needs signed int8)")
+    if np.any(zp != 0):
+        out.append(f"{n.name}: zero-point not 0 (TensorRT int8 is symmetric)")
+    return out
+
+
+def _is_weight(dq, inits, producers) -> bool:
+    """A DQ of a stored int8 tensor, or of a Q of a stored float tensor (QAT exports): a weight."""
+    if dq.input[0] in inits:
+        return True
+    q = producers.get(dq.input[0])
+    return q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits
+
+
+def _check_dq(n, inits, consumers, counts, allow_norms: bool, is_weight: bool) -> list[str]:
+    out = []
+    scale = inits.get(n.input[1])
+    if scale is None:
+        return [f"{n.name}: scale {n.input[1]} is not a constant"]
+    axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+    for user in consumers.get(n.output[0], []):
+        if user.op_type in FLOAT_OPS and not allow_norms:
+            out.append(f"{n.name}: Q/DQ feeds {user.op_type} {user.name} (kept float unless asked)")
+        if is_weight and scale.size > 1:
+            want = _weight_axis(user)
+            if want is not None and axis != want:
+                out.append(f"{n.name}: weight scales on axis {axis}, {user.op_type} {user.name} needs the "
+                           f"output-channel axis {want}")
+    if is_weight:
+        counts["weights_per_channel"] += int(scale.size > 1)
+    elif scale.size != 1:
+        out.append(f"{n.name}: activation quantized per channel ({scale.size} scales); TensorRT needs per-tensor")
+    else:
+        counts["activations_per_tensor"] += 1
+    return out
+
+
+def _weight_axis(user) -> int | None:
+    if user.op_type in ("Conv", "ConvTranspose"):
+        return 0 if user.op_type == "Conv" else 1
+    if user.op_type == "MatMul":
+        return 1
+    if user.op_type == "Gemm":
+        trans_b = next((a.i for a in user.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return None
