@@ -8,9 +8,10 @@ Latency: the same variants of DeiT-Ti @224 (random weights: latency does not dep
 values), batch 1, calibrated on ../shared/data/imagenet-sample, interleaved over --rounds rounds.
 Recovery: the same CIFAR model with activation outliers injected (a function-preserving rescale of
 LayerNorm channels against the next layer's weights, the pattern trained ViTs develop), where
-plain PTQ loses points and ``--max-drop 0.5`` keeps the most sensitive layers float.
+plain PTQ loses points, ``--max-drop 0.5`` keeps the most sensitive layers float, and
+``--qat-epochs`` fine-tunes the fake-quantized model instead (NNCF, distilled from the float one).
 
-    python benchmarks/int8_cpu.py [--weights W.safetensors] [--epochs 10] [--rounds 5]
+    python benchmarks/int8_cpu.py [--weights W.safetensors] [--epochs 10] [--qat-epochs 2] [--rounds 5]
 
 Without --weights the model is trained here (CPU, --epochs) into benchmarks/runs/int8_cpu.
 """
@@ -178,7 +179,7 @@ def inject_outliers(model, channels: int = 8, scale: float = 100.0, seed: int = 
     return model
 
 
-def recovery(weights: str) -> tuple[list[dict], dict]:
+def recovery(weights: str, qat_epochs: int) -> tuple[list[dict], dict]:
     from edgevit.models import create_model
 
     spec = cifar_spec(weights)
@@ -186,10 +187,12 @@ def recovery(weights: str) -> tuple[list[dict], dict]:
     plain = export(spec, RUN / "outliers-ptq", ["onnx", "tensorrt-int8", "openvino-int8"], model=model,
                    data=str(CIFAR))
     fixed = export(spec, RUN / "outliers-max-drop", ["tensorrt-int8"], model=model, data=str(CIFAR), max_drop=0.5)
+    qat = export(spec, RUN / "outliers-qat", ["tensorrt-int8"], model=model, data=str(CIFAR), qat_epochs=qat_epochs)
     rows = []
     for label, run, target in (("tensorrt-int8 plain PTQ", plain, "tensorrt-int8"),
                                ("openvino-int8 plain PTQ (SmoothQuant)", plain, "openvino-int8"),
-                               ("tensorrt-int8 --max-drop 0.5", fixed, "tensorrt-int8")):
+                               ("tensorrt-int8 --max-drop 0.5", fixed, "tensorrt-int8"),
+                               (f"tensorrt-int8 --qat-epochs {qat_epochs} (NNCF, KD)", qat, "tensorrt-int8")):
         r = json.loads((run / "results" / "validate.json").read_text())[target]
         mf = json.loads((run / "artifacts" / target / "manifest.json").read_text())["export"]
         md = mf.get("max_drop") or {}
@@ -197,7 +200,8 @@ def recovery(weights: str) -> tuple[list[dict], dict]:
                      "top1": r["top1"], "float_top1": r["float_top1"], "top1_drop_pts": r["top1_drop_pts"],
                      "agreement_pct": r["agreement_pct"], "float_layers": md.get("float_layers", []),
                      "control_drop_pts": md.get("control_drop_pts"), "control_images": md.get("control_images"),
-                     "search": md.get("tried")})
+                     "search": md.get("tried"), "qat": mf.get("qat"), "form": mf.get("form"),
+                     "tensorrt_rules_violations": (mf.get("tensorrt_rules") or {}).get("count")})
     return rows, {r["variant"]: r for r in rows}
 
 
@@ -205,6 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", help="trained CIFAR DeiT-Ti (patch 4, 32 px) weights; default: train here")
     ap.add_argument("--epochs", type=int, default=10, help="CPU training epochs when --weights is not given")
+    ap.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs in the recovery part")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
@@ -212,7 +217,7 @@ def main() -> None:
 
     weights, model_info = weights_for(args)
     acc_rows, acc = accuracy(weights)
-    rec_rows, rec = recovery(weights)
+    rec_rows, rec = recovery(weights, args.qat_epochs)
     lat_rows, lat = latency(args.rounds, args.iters, args.warmup)
     checks = [
         check("openvino_int8_top1_drop_pts", acc["openvino-int8"]["top1_drop_pts"], "<=", 0.5),

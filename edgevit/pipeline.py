@@ -106,9 +106,11 @@ def output_check(runner, model: torch.nn.Module, sample: np.ndarray) -> dict[str
 
 def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
     """Export ``spec`` to every target in ``opts`` and validate, bench and report: returns the run dir."""
-    targets = [get_target(t) for t in opts.targets]  # unknown targets fail before any work
+    targets = [get_target(t) for t in opts.targets]  # unknown targets and options fail before any work
     for t in targets:
         t.check_available()
+    if opts.quant is not None:
+        opts.quant.check()
     model = model if model is not None else create_model(spec)
     model.eval()
     made = create_run_dir(opts.out, opts.exist_ok)
@@ -174,7 +176,11 @@ def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[
         return options
     source, allowed = cfg.calib, None
     if source is None:  # the training images of --data (its training part, when the split is carved)
-        source = opts.data or EMBEDDED
+        if not opts.data:
+            raise DataError(f"{', '.join(t.name for t in int8)} need(s) calibration images, and neither --calib "
+                            "nor --data was given", "pass --calib DIR with a few hundred of the images the model "
+                            "will see (class sub-folders or flat), or --data")
+        source = opts.data
         allowed = train_indices(source, opts.val_fraction, opts.seed)
     calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
                             allowed=allowed)

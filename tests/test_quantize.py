@@ -85,7 +85,7 @@ def test_flat_folder_calibrates_and_control_set_is_disjoint(tmp_path, image_fold
 def trt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "run"
     run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=out, bench=False,
-                                         quant=QuantConfig(calib_size=40)))
+                                         quant=QuantConfig(calib="digits", calib_size=40)))
     return out
 
 
@@ -150,7 +150,7 @@ def test_rules_check_catches_each_violation(trt_run, breakage, message):
 
 def test_norms_get_qdq_only_when_asked(tmp_path):
     out = run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=tmp_path / "r", bench=False,
-                                                quant=QuantConfig(calib_size=40, quantize_norms=True)))
+                                                quant=QuantConfig(calib="digits", calib_size=40, quantize_norms=True)))
     path = out / "artifacts" / "tensorrt-int8" / "model.onnx"
     assert check_tensorrt_rules(path, allow_norms=True)["count"] == 0
     strict = check_tensorrt_rules(path)
@@ -288,10 +288,16 @@ def test_qat_fine_tunes_and_exports_to_every_int8_target(tmp_path):
 
 def test_calibrator_choices(tmp_path):
     out = run_export(tiny_spec(), ExportOptions(targets=["openvino-int8", "onnx-int8"], out=tmp_path / "r", bench=False,
-                                                quant=QuantConfig(calib_size=20, calibrator="percentile", form="static")))
+                                                quant=QuantConfig(calib="digits", calib_size=20, calibrator="percentile", form="static")))
     for t in ("openvino-int8", "onnx-int8"):
         assert json.loads((out / "artifacts" / t / "manifest.json").read_text())["export"]["calibrator"] == "percentile"
     with pytest.raises(QuantizationError, match="unknown calibrator 'mse'"):
         run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=tmp_path / "r2", bench=False,
                                               quant=QuantConfig(calib_size=20, calibrator="mse")))
     assert not (tmp_path / "r2").exists()
+
+
+def test_int8_without_calibration_images_says_what_to_pass(tmp_path):
+    with pytest.raises(DataError, match="need\\(s\\) calibration images") as e:
+        run_export(tiny_spec(), ExportOptions(targets=["onnx", "tensorrt-int8"], out=tmp_path / "r", bench=False))
+    assert "--calib DIR" in e.value.fix and not (tmp_path / "r").exists()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +65,21 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """Option errors before any work (and before a run directory exists)."""
+        if self.calibrator is not None and self.calibrator not in CALIBRATORS:
+            raise QuantizationError(f"unknown calibrator {self.calibrator!r}", f"use one of: {', '.join(CALIBRATORS)}")
+        if self.form is not None:
+            check_form(self.form)
+        if self.calib_size < 1:
+            raise QuantizationError(f"--calib-size must be at least 1, got {self.calib_size}",
+                                    "use e.g. --calib-size 300")
+        if self.qat_epochs < 0 or (self.max_float is not None and self.max_float < 0):
+            raise QuantizationError("--qat-epochs and --max-float cannot be negative", "pass 0 or more")
+        if self.qat_epochs and self.max_drop is not None:
+            raise QuantizationError("--max-drop and --qat-epochs are two ways to recover accuracy; use one",
+                                    "drop --max-drop (QAT fine-tunes every layer) or set --qat-epochs 0")
 
 
 DEFAULT_CALIBRATOR = {"ort-static": "percentile", "trt-qdq": "percentile", "nncf": "minmax"}
@@ -283,7 +297,7 @@ def fallback(build: Build, layers: list[str], control: tuple[np.ndarray, np.ndar
     """
     x, y = control
     ref_top1 = top1(float_logits, y)
-    limit = len(layers) // 2 if max_float is None else min(max_float, len(layers))
+    limit = max(1, len(layers) // 2) if max_float is None else min(max_float, len(layers))
     tried: dict[int, float] = {}
 
     def drop_with(k: int, order: list[str]) -> float:
@@ -312,11 +326,6 @@ def fallback(build: Build, layers: list[str], control: tuple[np.ndarray, np.ndar
         lo, hi = (lo, mid) if drop_with(mid, order) <= max_drop else (mid, hi)
     return {"float_layers": order[:hi], "control_drop_pts": tried[hi], "tried": tried,
             "sensitivity": {pretty(n): sens[n] for n in order}}
-
-
-def with_tempdir(fn: Callable[[Path], Any]) -> Any:
-    with tempfile.TemporaryDirectory(prefix="edgevit-q-") as d:
-        return fn(Path(d))
 
 
 def check_form(form: str) -> str:

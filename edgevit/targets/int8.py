@@ -27,10 +27,6 @@ class _Int8Mixin:
 
     name: str
     model_file: str
-    needs_calibration = True
-
-    def _form(self, cfg: q.QuantConfig) -> str:
-        raise NotImplementedError
 
     def _layers(self, onnx_fp32: Path, cfg: q.QuantConfig) -> list[str]:
         raise NotImplementedError
@@ -46,13 +42,12 @@ class _Int8Mixin:
         if x is None and self.needs_calibration_for(cfg):
             raise ExportError(f"target {self.name!r} needs calibration images", "pass --calib DIR or --data")
         say: Callable[[str], None] = options.get("progress") or (lambda s: None)
+        made = {"quant_config": cfg.to_dict(),
+                "calibration": {"key": calib.key, "cached": calib.cached, **calib.meta}
+                if calib and (self.needs_calibration_for(cfg) or options.get("qat_onnx")) else None}
         if options.get("qat_onnx"):
-            if cfg.max_drop is not None:
-                raise ExportError("--max-drop and --qat-epochs are two ways to recover accuracy; use one",
-                                  "drop --max-drop (QAT fine-tunes every layer) or set --qat-epochs 0")
             facts = self._from_qat(Path(options["qat_onnx"]), out_dir / self.model_file, cfg)
-            return {**facts, **options.get("qat_facts", {}), "quant_config": cfg.to_dict(),
-                    "calibration": {"key": calib.key, "cached": calib.cached, **calib.meta} if calib else None}
+            return {**facts, **options.get("qat_facts", {}), **made}
         with tempfile.TemporaryDirectory(prefix="edgevit-int8-") as work:
             work_dir = Path(work)
             cache = work_dir / "ranges.json"
@@ -61,10 +56,7 @@ class _Int8Mixin:
             if cfg.max_drop is not None:
                 search = self._search(onnx_fp32, work_dir, x, cfg, cache, options["control"], say)
                 exclude = search["float_layers"]
-            facts = self._build(onnx_fp32, out_dir / self.model_file, x, cfg, exclude, cache)
-        facts["quant_config"] = cfg.to_dict()
-        if calib is not None:
-            facts["calibration"] = {"key": calib.key, "cached": calib.cached, **calib.meta}
+            facts = {**self._build(onnx_fp32, out_dir / self.model_file, x, cfg, exclude, cache), **made}
         if search is not None:
             facts["max_drop"] = {"bound_pts": cfg.max_drop, "control_drop_pts": search["control_drop_pts"],
                                  "control_images": int(len(options["control"][1])),
@@ -74,7 +66,7 @@ class _Int8Mixin:
         return facts
 
     def needs_calibration_for(self, cfg: q.QuantConfig) -> bool:
-        return self.needs_calibration
+        return True
 
     def _from_qat(self, qat_onnx: Path, dst: Path, cfg: q.QuantConfig) -> dict[str, Any]:
         """The QAT model's Q/DQ graph, as this target takes it."""
