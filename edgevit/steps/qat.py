@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
 
     if not data:
         raise DataError("QAT (--qat-epochs) needs labelled training images", "pass --data (its train split is used)")
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     float_model = copy.deepcopy(model).eval()
     for p in float_model.parameters():
         p.requires_grad_(False)

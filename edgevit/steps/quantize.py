@@ -223,6 +223,7 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters)
 
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # NNCF's INFO lines drown the pipeline's own
     model = ov.Core().read_model(str(onnx_fp32))
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
     if peer_default:
