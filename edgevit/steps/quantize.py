@@ -210,14 +210,16 @@ def _norm_nodes(onnx_path: Path) -> list[str]:
 def openvino_layers(onnx_fp32: Path, cfg: QuantConfig) -> list[str]:
     import openvino as ov
 
-    m = ov.Core().read_model(str(onnx_fp32))
-    names = [o.get_friendly_name() for o in m.get_ordered_ops() if o.get_type_name() in ("MatMul", "Convolution")]
-    return [n for n in names if cfg.quantize_head or not _is_head(n)]
+    return [n for n in _ov_layers(ov.Core().read_model(str(onnx_fp32))) if cfg.quantize_head or not _is_head(n)]
+
+
+def _ov_layers(model) -> list[str]:
+    return [o.get_friendly_name() for o in model.get_ordered_ops() if o.get_type_name() in ("MatMul", "Convolution")]
 
 
 def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: QuantConfig,
-                      exclude: list[str], peer_default: bool = False) -> dict[str, Any]:
-    """NNCF PTQ of the OpenVINO model. ``peer_default`` runs NNCF's own defaults, nothing of ours."""
+                      exclude: list[str]) -> dict[str, Any]:
+    """NNCF post-training quantization of the OpenVINO model converted from the float ONNX."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
@@ -226,13 +228,10 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
     logging.getLogger("nncf").setLevel(logging.WARNING)  # NNCF's INFO lines drown the pipeline's own
     model = ov.Core().read_model(str(onnx_fp32))
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    if peer_default:
-        q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
-        ov.save_model(q, str(dst_xml), compress_to_fp16=False)
-        return {"form": "nncf-default", "calib_images": int(len(calib))}
-    layers = openvino_layers(onnx_fp32, cfg)
+    every = _ov_layers(model)
+    layers = [n for n in every if cfg.quantize_head or not _is_head(n)]
     keep = [n for n in layers if n in set(exclude) | set(cfg.exclude)]
-    ignored = keep + [n for n in _all_ov(model) if _is_head(n) and not cfg.quantize_head]
+    ignored = keep + [n for n in every if n not in layers]  # the head, unless asked
     method = calibrator_for("nncf", cfg)
     adv = AdvancedQuantizationParameters()
     if cfg.smooth_quant is not None:
@@ -250,10 +249,6 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
             "model_type": "transformer", "smooth_quant": cfg.smooth_quant if cfg.smooth_quant is not None
             else "nncf default (0.95 on MatMul)", "activations": "int8 symmetric per-tensor",
             "weights": "int8 symmetric per-channel"}
-
-
-def _all_ov(model) -> list[str]:
-    return [o.get_friendly_name() for o in model.get_ordered_ops() if o.get_type_name() in ("MatMul", "Convolution")]
 
 
 # -- sensitivity and --max-drop ------------------------------------------------------------
