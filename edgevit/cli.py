@@ -97,6 +97,7 @@ def _export_command(default_targets: List[str], doc: str):
         num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
         img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
         patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
+        prune: Optional[str] = typer.Option(None, help="token pruning/merging before export: evit:KEEP[@BLOCKS] (e.g. evit:0.7@3,6,9) or tome:R (e.g. tome:8); see `edgevit prune`"),
         data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
         split: str = typer.Option("test", help="train | val | test | all"),
         limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
@@ -130,7 +131,8 @@ def _export_command(default_targets: List[str], doc: str):
 
         tgts = _split_targets(target)
         spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
-                         checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
+                         checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint,
+                         prune=prune)
         quant = QuantConfig(calib=calib, calib_size=calib_size, calib_seed=calib_seed, calib_grey=calib_grey, calibrator=calibrator,
                             form=form, max_drop=max_drop, max_float=max_float, exclude=list(exclude),
                             quantize_head=quantize_head, quantize_norms=quantize_norms, smooth_quant=smooth_quant,
@@ -159,6 +161,50 @@ app.command("quantize")(friendly(_export_command(["openvino-int8", "onnx-int8", 
 
         edgevit quantize --model deit_tiny --checkpoint w.pth --data imagenet/ --calib imagenet/train --max-drop 0.5
     """)))
+
+
+@app.command("prune")
+@friendly
+def prune_cmd(
+    model: str = typer.Option("deit_tiny", "--model", "-m", help="a ViT/DeiT from the zoo or timm"),
+    method: str = typer.Option("evit", help="evit (keep the most attended tokens, fuse the rest) | tome (merge similar tokens)"),
+    keep_rate: float = typer.Option(0.7, help="EViT: fraction of patch tokens kept at each pruning block, in (0, 1]"),
+    locations: Optional[str] = typer.Option(None, help="EViT: blocks that prune, comma-separated (default: a quarter, half and three quarters of depth, 3,6,9 for DeiT)"),
+    r: int = typer.Option(8, help="ToMe: tokens merged in every block"),
+    checkpoint: Optional[Path] = typer.Option(None, help="dense weights (.pth/.safetensors)"),
+    pretrained: bool = typer.Option(True, help="hub weights when no --checkpoint (needs internet)"),
+    num_classes: Optional[int] = typer.Option(None), img_size: Optional[int] = typer.Option(None),
+    patch_size: Optional[int] = typer.Option(None),
+    finetune_epochs: int = typer.Option(0, help="short fine-tune of the pruned model on --data, distilled from the dense one"),
+    finetune_lr: float = typer.Option(1e-4, help="fine-tune learning rate"),
+    target: List[str] = typer.Option(["onnx", "openvino"], "--target", "-t", help="targets to export to (int8 ones too)"),
+    data: Optional[str] = typer.Option(None, help="labelled images: validation (and the fine-tune's training split)"),
+    split: str = typer.Option("test", help="split to validate on"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<method>)"),
+    exist_ok: bool = typer.Option(False, help="write into an existing --out"),
+    bench: bool = typer.Option(True, help="benchmark latency after export"),
+):
+    """Token pruning (EViT) or merging (ToMe) with static shapes, then export, validate, bench and report.
+
+        edgevit prune --model deit_tiny --checkpoint w.pth --method evit --keep-rate 0.7 --data imagenet/ --finetune-epochs 1
+        edgevit prune --model deit_tiny --checkpoint w.pth --method tome --r 8 --target openvino,openvino-int8 --data imagenet/
+
+    The same transform is `--prune evit:0.7` / `--prune tome:8` on `edgevit export` and `edgevit quantize`.
+    """
+    from .models import ModelSpec
+    from .pipeline import ExportOptions, run_pruned
+    from .steps.prune import parse_prune
+
+    text = f"tome:{r}" if method == "tome" else f"evit:{keep_rate:g}" + (f"@{locations}" if locations else "")
+    if method not in ("evit", "tome"):
+        text = f"{method}:{r}"  # parse_prune names the accepted methods
+    spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                     checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint,
+                     prune=str(parse_prune(text)))
+    tgts = _split_targets(target)
+    opts = ExportOptions(targets=tgts, out=out_dir or _fresh(Path("runs") / f"{model}-{method}"), data=data,
+                         split=split, exist_ok=exist_ok, bench=bench)
+    run_pruned(spec, opts, finetune_epochs, finetune_lr)
 
 
 @app.command()

@@ -133,6 +133,7 @@ class ModelSpec:
     checkpoint_sha256: str | None = None
     pretrained: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # other timm kwargs (depth=..., ...)
+    prune: str | None = None  # token pruning/merging applied after the weights load: evit:0.7, tome:8
 
     def timm_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(self.extra)
@@ -178,6 +179,11 @@ def create_model(spec: ModelSpec) -> torch.nn.Module:
         spec.checkpoint_sha256 = sha256_file(path)
     elif use_hub:
         model = _from_hub(entry, spec)
+    if spec.prune:
+        from .steps.prune import apply_prune
+
+        apply_prune(model, spec.prune)
+        spec.prune = model.edgevit_prune["spec"]  # with the locations it resolved to
     model.eval()
     return model
 

@@ -47,6 +47,14 @@ def collect(run_dir: Path) -> dict[str, Any]:
     return {"run": run, "rows": ordered, "training": history, "int8": int8_facts(run_dir)}
 
 
+def _prune_line(run: dict[str, Any]) -> list[str]:
+    p = run.get("prune")
+    if not p:
+        return []
+    return [f"- token pruning: {p['spec']} ({p['patch_tokens_in']} patch tokens in, "
+            f"{' → '.join(map(str, p['tokens_per_block']))} after each block)"]
+
+
 def int8_facts(run_dir: Path) -> list[dict[str, Any]]:
     """How each int8 artifact was made: form, calibration, and the layers kept float (and why)."""
     out = []
@@ -157,7 +165,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# edgevit report: {run['model']['name']}", "",
              f"- command: `{run.get('command', '')}`", f"- created: {run.get('created')}",
              f"- data: {run.get('data') or '(none: no accuracy)'} ({run.get('split')})",
-             f"- input: {run['data_config']['input_size']}", "",
+             f"- input: {run['data_config']['input_size']}", *_prune_line(run), "",
              "| " + " | ".join(h for _, h, _ in COLUMNS) + " | Pareto |",
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in data["rows"]:
@@ -185,6 +193,7 @@ def html_page(data: dict[str, Any], png: Path | None) -> str:
                  f"</p>{curve}")
     facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
         ("model", f"{run['model']['name']} ({run.get('params', 0) / 1e6:.2f} M params)"),
+        *([("token pruning", _prune_line(run)[0][len("- token pruning: "):])] if run.get("prune") else []),
         ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
         ("command", run.get("command")), ("created", run.get("created")),
         ("versions", ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))])

@@ -1,0 +1,1 @@
+"""Token operations as pure tensor functions (see tokens.py)."""

@@ -1,0 +1,131 @@
+"""Token pruning (EViT) and merging (ToMe): the tensor functions, the model transform, export, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.models import ModelSpec, create_model
+from edgevit.ops import tokens as T
+from edgevit.pipeline import ExportOptions, run_export
+from edgevit.steps.prune import PruneError, apply_prune
+
+from conftest import tiny_spec
+
+
+def vit(depth=4, **kw):
+    torch.manual_seed(0)
+    return create_model(ModelSpec("deit_tiny", num_classes=10, img_size=32, patch_size=4, extra={"depth": depth}, **kw))
+
+
+def test_evit_keeps_the_most_attended_tokens_and_fuses_the_rest():
+    x = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(2, 6, 3)  # 1 prefix + 5 patches
+    attn = torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    out = T.evit_keep(x, attn, keep=2, prefix=1)
+    assert out.shape == (2, 4, 3)
+    assert torch.equal(out[0, 0], x[0, 0]) and torch.equal(out[0, 1], x[0, 2]) and torch.equal(out[0, 2], x[0, 4])
+    rest = (0.1 * x[0, 1] + 0.05 * x[0, 3] + 0.05 * x[0, 5]) / 0.2
+    assert torch.allclose(out[0, 3], rest)
+
+
+def test_tome_merges_r_tokens_and_conserves_size_and_mass():
+    torch.manual_seed(0)
+    x, metric = torch.randn(2, 9, 4), torch.randn(2, 9, 5)
+    size = torch.ones(2, 9, 1)
+    merged, msize = T.bipartite_merge(x, size, metric, r=3, prefix=1)
+    assert merged.shape == (2, 6, 4) and msize.shape == (2, 6, 1)
+    assert torch.equal(merged[:, 0], x[:, 0]) and torch.all(msize[:, 0] == 1)  # the class token stays alone
+    assert torch.allclose(msize.sum(1), size.sum(1))  # every patch is still counted once
+    assert torch.allclose((merged * msize).sum(1), (x * size).sum(1), atol=1e-5)  # size-weighted mean
+    # identical tokens merge first: make A token 0 a copy of B token 0
+    metric[:, 1] = metric[:, 2]
+    _, s2 = T.bipartite_merge(x, size, metric, r=1, prefix=1)
+    assert int(s2[0].max()) == 2
+
+
+def test_proportional_attention_counts_merged_tokens():
+    q = k = v = torch.randn(1, 1, 3, 2)
+    out_dup, _ = T.attention(q, torch.cat([k, k[:, :, 2:]], 2), torch.cat([v, v[:, :, 2:]], 2), 1.0)
+    out_size, _ = T.attention(q, k, v, 1.0, size=torch.tensor([[[1.0], [1.0], [2.0]]]))
+    assert torch.allclose(out_dup, out_size, atol=1e-6)  # a token of size 2 == the token twice
+
+
+@pytest.mark.parametrize("spec,tokens", [("evit:0.5@1,2", [64, 33, 18, 18]), ("tome:4", [60, 56, 52, 48])])
+def test_transform_keeps_weights_and_plans_static_tokens(spec, tokens):
+    dense = vit()
+    pruned = apply_prune(vit(), spec)
+    assert pruned.edgevit_prune["tokens_per_block"] == tokens
+    assert dense.state_dict().keys() == pruned.state_dict().keys()  # weights load either way
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert pruned(x).shape == (3, 10)
+        same = apply_prune(vit(), "evit:1.0@0")(x) if spec.startswith("evit") else None
+    if same is not None:  # keep rate 1 prunes nothing but adds the (empty-weight) fused token
+        assert same.shape == (3, 10)
+
+
+def test_distilled_models_keep_both_special_tokens():
+    torch.manual_seed(0)
+    m = create_model(ModelSpec("deit_tiny_distilled", num_classes=10, img_size=32, patch_size=8,
+                               extra={"depth": 2}, prune="tome:2"))
+    assert m.num_prefix_tokens == 2 and m.blocks.prefix == 2
+    with torch.inference_mode():
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("evit:0", "keep rate must be in (0, 1]"), ("evit:1.5", "keep rate must be in (0, 1]"),
+    ("evit:0.7@2,9", "beyond the model's 4 blocks"), ("tome:40", "r=40 is more than block"),
+    ("tome:0", "at least 1"), ("prune:3", "unknown pruning spec"), ("evit:x", "cannot read"),
+])
+def test_bad_specs_are_clear_errors(bad, message):
+    with pytest.raises(PruneError) as e:
+        apply_prune(vit(), bad)
+    assert message in e.value.what and e.value.fix
+
+
+def test_a_model_that_is_not_a_vit():
+    model = create_model(ModelSpec("resnet18_cifar", num_classes=10))
+    with pytest.raises(PruneError, match="needs a ViT/DeiT"):
+        apply_prune(model, "evit:0.7")
+
+
+@pytest.mark.parametrize("prune", ["evit:0.7@1", "tome:6"])
+def test_pruned_export_is_static_and_matches_pytorch(tmp_path, prune):
+    import onnx
+
+    spec = tiny_spec(patch_size=4, extra={"depth": 3}, prune=prune)
+    out = run_export(spec, ExportOptions(targets=["onnx", "openvino"], out=tmp_path / "r", data="digits",
+                                         split="val", validate_limit=40, bench=False))
+    mf = json.loads((out / "artifacts" / "onnx" / "manifest.json").read_text())
+    assert mf["model"]["prune"] == prune and mf["check_vs_pytorch"]["top1_agreement_pct"] == 100.0
+    assert mf["prune"]["tokens_out"] < 64 and f"token pruning: {prune}" in (out / "report.md").read_text()
+    g = onnx.load(str(out / "artifacts" / "onnx" / "model.onnx")).graph
+    dims = [d for vi in list(g.input) + list(g.output) for d in vi.type.tensor_type.shape.dim]
+    assert [d.dim_param for d in dims if d.dim_param] == ["batch", "batch"]
+    val = json.loads((out / "results" / "validate.json").read_text())
+    assert all(r["agreement_pct"] == 100.0 for r in val.values())  # vs the pruned PyTorch model
+    assert np.isfinite([r["top1"] for r in val.values()]).all()
+
+
+def test_prune_command_fine_tunes_then_exports_with_int8(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    ckpt = tmp_path / "w.pth"
+    torch.save(vit(depth=12).state_dict(), ckpt)
+    r = CliRunner().invoke(app, ["prune", "--model", "deit_tiny", "--checkpoint", str(ckpt), "--num-classes", "10",
+                                 "--img-size", "32", "--patch-size", "4", "--method", "evit", "--keep-rate", "0.5",
+                                 "--data", "digits", "--split", "val", "--finetune-epochs", "1",
+                                 "--target", "onnx,onnx-int8", "--out", str(tmp_path / "run"), "--no-bench"])
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model"]["prune"] == "evit:0.5@3,6,9" and run["model"]["checkpoint"].endswith("weights.safetensors")
+    assert (tmp_path / "run" / "finetune" / "checkpoints" / "last.pt").is_file()
+    assert set(json.loads((tmp_path / "run" / "results" / "validate.json").read_text())) == {"onnx", "onnx-int8"}
+    r = CliRunner().invoke(app, ["prune", "--model", "deit_tiny", "--checkpoint", str(ckpt), "--num-classes", "10",
+                                 "--img-size", "32", "--patch-size", "4", "--method", "evit", "--locations", "3,14",
+                                 "--out", str(tmp_path / "bad"), "--no-bench"])
+    assert r.exit_code == 2 and "beyond the model's 12 blocks" in " ".join(r.output.split())
+    assert not (tmp_path / "bad").exists()
