@@ -15,15 +15,21 @@ import torch.nn.functional as F
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              size: torch.Tensor | None = None, weights: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Multi-head attention (q, k, v: (B, H, N, D)) -> (output (B, H, N, D), attention (B, H, N, N)).
 
     With ``size``, ToMe's proportional attention: a token standing for s patches gets log(s) added
     to its logits, so merging does not change how much attention the patches get in total.
+    Without ``weights`` the fused kernel runs (``scaled_dot_product_attention``) and no attention
+    matrix is returned.
     """
+    bias = size.log().transpose(1, 2).unsqueeze(1) if size is not None else None  # (B, 1, 1, N)
+    if not weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
     logits = (q * scale) @ k.transpose(-2, -1)
-    if size is not None:
-        logits = logits + size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
+    if bias is not None:
+        logits = logits + bias
     attn = logits.softmax(dim=-1)
     return attn @ v, attn
 
@@ -36,13 +42,12 @@ def evit_keep(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -
     fused token being the attention-weighted mean of the pruned tokens.
     """
     patches = x[:, prefix:]
-    idx = cls_attn.topk(keep, dim=1).indices  # (B, keep)
-    kept = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    w_kept = cls_attn.gather(1, idx)
-    total = (cls_attn.unsqueeze(-1) * patches).sum(1)  # fused = (all - kept) / (weight of the rest)
-    rest = total - (w_kept.unsqueeze(-1) * kept).sum(1)
-    rest_w = (cls_attn.sum(1) - w_kept.sum(1)).clamp_min(1e-6).unsqueeze(-1)
-    fused = (rest / rest_w).unsqueeze(1)
+    c = x.shape[-1]
+    order = cls_attn.topk(patches.shape[1], dim=1).indices  # every token, most attended first
+    kept = patches.gather(1, order[:, :keep].unsqueeze(-1).expand(-1, -1, c))
+    rest = patches.gather(1, order[:, keep:].unsqueeze(-1).expand(-1, -1, c))
+    w_rest = cls_attn.gather(1, order[:, keep:]).unsqueeze(-1)  # summed directly: no cancellation
+    fused = (w_rest * rest).sum(1, keepdim=True) / w_rest.sum(1, keepdim=True).clamp_min(1e-12)
     return torch.cat([x[:, :prefix], kept, fused], dim=1)
 
 
@@ -80,14 +85,14 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
 
 def evit_plan(n_patches: int, depth: int, keep_rate: float, locations: list[int]) -> list[int | None]:
     """Patch tokens kept after each block (None: the block keeps all). Each pruning location keeps
-    ceil(keep_rate x current patch tokens) and adds one fused token."""
+    ceil(keep_rate x current patch tokens) and adds one fused token (unless that keeps them all)."""
     import math
 
     plan: list[int | None] = []
     n = n_patches
     for i in range(depth):
-        if i in locations:
-            keep = max(1, math.ceil(keep_rate * n))
+        keep = max(1, math.ceil(keep_rate * n))
+        if i in locations and keep < n:  # keeping every token prunes nothing: no fused token either
             plan.append(keep)
             n = keep + 1
         else:

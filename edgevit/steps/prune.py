@@ -76,12 +76,14 @@ class TokenBlocks(torch.nn.Sequential):
         return x
 
     def _block(self, blk, x, size, keep: int | None, r: int):
+        if keep is None and not r:
+            return blk(x), size  # a block that neither prunes nor merges runs as it was
         a = blk.attn
         b, n, c = x.shape
         qkv = a.qkv(blk.norm1(x)).reshape(b, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = a.q_norm(q), a.k_norm(k)
-        out, attn = T.attention(q, k, v, a.scale, size)
+        out, attn = T.attention(q, k, v, a.scale, size, weights=keep is not None)
         out = a.proj(a.norm(out.transpose(1, 2).reshape(b, n, a.attn_dim)))
         x = x + blk.drop_path1(blk.ls1(out))
         if r:
