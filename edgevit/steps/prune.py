@@ -118,9 +118,9 @@ def apply_prune(model: torch.nn.Module, spec: str | PruneSpec) -> torch.nn.Modul
                                      f"{n_patches} patch tokens and {depth} blocks") from e
         keep = [None] * depth
     model.blocks = TokenBlocks(blocks, prefix, keep, merge, proportional=spec.method == "tome")
+    per_block = tokens_per_block(n_patches, keep, merge)
     model.edgevit_prune = {"spec": str(spec), "method": spec.method, "patch_tokens_in": n_patches,
-                           "tokens_per_block": tokens_per_block(n_patches, keep, merge),
-                           "tokens_out": tokens_per_block(n_patches, keep, merge)[-1]}
+                           "tokens_per_block": per_block, "tokens_out": per_block[-1]}
     return model
 
 
@@ -179,6 +179,7 @@ def finetune(spec, data: str, out, epochs: int, lr: float = 1e-4, batch_size: in
     from ..data import data_config, eval_transform, load_split
     from ..manifest import write_json
     from ..models import create_model, sha256_file
+    from ..pipeline import _save_weights  # the atomic writer training uses
     from .train import TrainConfig, fit, train_transform
 
     dense = create_model(dataclasses.replace(spec, prune=None))
@@ -192,12 +193,7 @@ def finetune(spec, data: str, out, epochs: int, lr: float = 1e-4, batch_size: in
     fit(model, train_ds, val_ds, cfg, out / "finetune", dcfg, int(model.num_classes), f"{spec.name}+{spec.prune}",
         teacher=dense.eval(), single_head_kd=True)
     weights = out / "model" / "weights.safetensors"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    tmp = weights.with_name(".weights.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
+    _save_weights(model, weights)
     write_json(out / "model" / "finetune.json", {"prune": spec.prune, "epochs": epochs, "lr": lr,
                                                  "teacher": "the dense model (soft KD)", "from": spec.checkpoint})
     spec.checkpoint, spec.pretrained = str(weights.resolve()), False
