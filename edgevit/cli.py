@@ -84,6 +84,7 @@ def targets():
 
 
 INT8 = "int8 (calibration, --max-drop, QAT)"
+DEVICE = "TensorRT engines and CoreML packages"
 
 
 def _export_command(default_targets: List[str], doc: str):
@@ -124,10 +125,15 @@ def _export_command(default_targets: List[str], doc: str):
         qat_lr: float = typer.Option(1e-5, help="QAT learning rate (a fraction of the training one)", rich_help_panel=INT8),
         qat_batch_size: int = typer.Option(64, help="QAT batch size", rich_help_panel=INT8),
         qat_distill: bool = typer.Option(True, help="QAT also learns from the float model's logits (knowledge distillation)", rich_help_panel=INT8),
+        max_batch: int = typer.Option(8, help="TensorRT: largest batch of the engine's dynamic-batch profile (opt = min = 1)", rich_help_panel=DEVICE),
+        workspace_mb: int = typer.Option(1024, help="TensorRT: builder workspace limit in MiB (Jetson Orin Nano: 512-1024)", rich_help_panel=DEVICE),
+        timing_cache: str = typer.Option("default", help="TensorRT: timing cache file reused across builds ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off)", rich_help_panel=DEVICE),
+        coreml_w8a8: bool = typer.Option(False, help="coreml-int8: int8 activations as well as weights (calibrated on --calib; coremltools runs the model for it: macOS only)", rich_help_panel=DEVICE),
     ):
         from .models import ModelSpec
         from .pipeline import ExportOptions, run_export
         from .steps.quantize import QuantConfig
+        from .targets.tensorrt import EngineOptions
 
         tgts = _split_targets(target)
         spec = ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
@@ -136,10 +142,14 @@ def _export_command(default_targets: List[str], doc: str):
         quant = QuantConfig(calib=calib, calib_size=calib_size, calib_seed=calib_seed, calib_grey=calib_grey, calibrator=calibrator,
                             form=form, max_drop=max_drop, max_float=max_float, exclude=list(exclude),
                             quantize_head=quantize_head, quantize_norms=quantize_norms, smooth_quant=smooth_quant,
-                            qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_distill=qat_distill)
+                            qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_distill=qat_distill,
+                            coreml_w8a8=coreml_w8a8)
+        engine = EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
+                               timing_cache=None if timing_cache.lower() == "none" else timing_cache).check()
         opts = ExportOptions(targets=tgts, out=out_dir or _default_out(model, tgts), data=data, split=split,
                              val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit,
-                             bench=bench, batch=batch, threads=threads, quant=quant)
+                             bench=bench, batch=batch, threads=threads, quant=quant,
+                             target_options={"tensorrt": engine})
         run_export(spec, opts)
 
     command.__doc__ = doc
@@ -241,13 +251,17 @@ def bench_cmd(
     batch: int = typer.Option(1), threads: Optional[int] = typer.Option(None, help="default: all cores"),
     warmup: int = typer.Option(10), iters: int = typer.Option(100),
     reference: bool = typer.Option(True, help="include PyTorch eager as the reference row"),
+    gpu: bool = typer.Option(True, help="on a CUDA machine, add PyTorch GPU rows (fp32, fp16, fp16 + torch.compile)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
 ):
-    """Latency of artifacts: warm-up, then p50/p90/p99, throughput, peak memory, size; PyTorch eager first."""
+    """Latency of artifacts: warm-up, then p50/p90/p99, throughput, peak memory, size; PyTorch eager first.
+
+    On a CUDA machine the same table holds PyTorch on the GPU, ONNX Runtime's CUDA provider (with
+    onnxruntime-gpu installed) and TensorRT engines."""
     from .pipeline import bench_artifacts
 
     rows = bench_artifacts(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
-                           reference=reference)
+                           reference=reference, gpu=gpu)
     t = Table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB")
     for r in rows:
         t.add_row(r["name"], str(r.get("runtime_precision")), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
@@ -261,12 +275,53 @@ def bench_cmd(
 
 @app.command()
 @friendly
-def report(run_dir: Path = typer.Argument(..., help="a run directory made by export/run/quickstart")):
-    """Write report.json, report.md and report.html (with plot.png) for a run directory."""
+def report(run_dir: Path = typer.Argument(..., help="a run directory made by export/run/quickstart"),
+           device_results: List[Path] = typer.Option([], "--device-results", "-d", help="JSON written on a device by deploy/jetson/edgevit_jetson.sh; merged into the run's results (repeatable)")):
+    """Write report.json, report.md and report.html (with plot.png) for a run directory.
+
+    Device results (e.g. TensorRT latency, power and temperature measured on a Jetson) are kept in
+    the run's results/device.json, so later reports include them too:
+
+        edgevit report runs/deit_tiny-tensorrt-int8 --device-results jetson.json
+    """
+    from .bench.device import merge_device_results
     from .bench.report import write_report
 
+    if device_results:
+        merged = merge_device_results(run_dir, device_results)
+        out.print(f"device results: {merged}")
     path = write_report(run_dir)
     out.print(f"report: {path}")
+
+
+@app.command()
+@friendly
+def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorrt-int8 artifact directory"),
+           max_batch: int = typer.Option(8, help="largest batch of the dynamic-batch profile"),
+           workspace_mb: int = typer.Option(1024, help="builder workspace limit in MiB"),
+           timing_cache: str = typer.Option("default", help="timing cache file ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off)")):
+    """Build the TensorRT engine of an exported artifact on this machine (needs TensorRT and a GPU).
+
+    Export anywhere, build where the engine will run (engines are specific to the GPU and the
+    TensorRT version):
+
+        edgevit export --model deit_tiny --target tensorrt-int8 --checkpoint w.pth --data val/
+        edgevit engine runs/deit_tiny-tensorrt-int8/artifacts/tensorrt-int8
+    """
+    from .errors import ArtifactError
+    from .targets import get_target, read_manifest
+    from .targets.tensorrt import EngineOptions, TensorRtTarget
+
+    art_dir, mf = read_manifest(artifact)
+    target = get_target(mf["target"])
+    if not isinstance(target, TensorRtTarget):
+        raise ArtifactError(f"{art_dir} is a {mf['target']} artifact, not a TensorRT one",
+                            "pass an artifacts/tensorrt-fp16 or artifacts/tensorrt-int8 directory")
+    opts = EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
+                         timing_cache=None if timing_cache.lower() == "none" else timing_cache).check()
+    meta = target.build(art_dir, {"tensorrt": opts})
+    out.print(f"engine: {art_dir / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, "
+              f"{meta['build_s']:.0f} s)")
 
 
 @app.command()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bench.latency import bench_callable, bench_eager, default_threads
+from .bench.latency import bench_callable, bench_eager, bench_torch_gpu, default_threads
 from .bench.validate import torch_predict, validate_runners
 from .data import EMBEDDED, data_config, eval_transform, load_split
 from .errors import ArtifactError, DataError, ExportError
@@ -55,6 +55,7 @@ class ExportOptions:
     iters: int = 50
     check_images: int = 16
     quant: Any = None  # steps.quantize.QuantConfig for the int8 targets (defaults when None)
+    target_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"tensorrt": EngineOptions(...)}
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (e.g. training facts)
 
     def __post_init__(self) -> None:
@@ -71,31 +72,44 @@ def check_images(data: str | None, data_cfg: dict, n: int, split: str, val_fract
 def export_artifact(target: Target, onnx_fp32: Path, final: Path, model: torch.nn.Module,
                     sample: np.ndarray, manifest: dict[str, Any], options: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
-    """Export one target into a staging folder, check it against PyTorch, then rename it in place."""
+    """Export one target into a staging folder, check it against PyTorch, then rename it in place.
+
+    An artifact this machine cannot run (CoreML off macOS) is checked structurally by its target
+    during export instead, and the manifest says why it was not run."""
     with staged_dir(final) as tmp:
         facts = target.export(onnx_fp32, tmp, options or {})
-        runner = target.load(tmp)
-        # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
-        reference = (options or {}).get("reference_model") if target.precision == "int8" else None
-        check = output_check(runner, reference if reference is not None else model, sample)
-        check["reference"] = "the fake-quantized QAT model" if reference is not None else "the float model"
-        precision = target.precision if target.precision == "int8" else runner.info.get("precision")
-        tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
-        if reference is not None:  # the same int8 arithmetic on both sides: only rounding differs
-            tol = TOLERANCE["fp16"]
-        if manifest.get("prune"):  # top-k/argsort choices can flip on near-ties between runtimes
-            tol = max(tol, TOLERANCE["pruned"])
-        if check["rel_max_abs_diff"] > tol:
-            raise ExportError(
-                f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
-                f"({check['rel_max_abs_diff']:.2%} of the largest logit; allowed {tol:.2%}) on "
-                f"{len(sample)} real images", "report this with the run's run.json; try another --opset or target")
+        if why := target.not_runnable():
+            runtime: dict[str, Any] = {"runtime": f"not run here: {why}", "precision": target.precision}
+            check: dict[str, Any] = {"skipped": why, "structure": "checked (see export.structure)"}
+        else:
+            runner = target.load(tmp)
+            runtime, check = runner.info, _checked_outputs(target, runner, model, sample, manifest, options or {})
         mf = {**manifest, "target": target.name, "backend": target.backend, "precision": target.precision,
-              "runtime": runner.info, "files": [p.name for p in target.files(tmp)],
+              "runtime": runtime, "files": [p.name for p in target.files(tmp)],
               "size_bytes": target.size_bytes(tmp), "export": facts, "check_vs_pytorch": check,
               "created": now()}
         write_json(tmp / MANIFEST, mf)
     return mf
+
+
+def _checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.ndarray,
+                     manifest: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
+    reference = options.get("reference_model") if target.precision == "int8" else None
+    check = output_check(runner, reference if reference is not None else model, sample)
+    check["reference"] = "the fake-quantized QAT model" if reference is not None else "the float model"
+    precision = target.precision if target.precision == "int8" else runner.info.get("precision")
+    tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
+    if reference is not None:  # the same int8 arithmetic on both sides: only rounding differs
+        tol = TOLERANCE["fp16"]
+    if manifest.get("prune"):  # top-k/argsort choices can flip on near-ties between runtimes
+        tol = max(tol, TOLERANCE["pruned"])
+    if check["rel_max_abs_diff"] > tol:
+        raise ExportError(
+            f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
+            f"({check['rel_max_abs_diff']:.2%} of the largest logit; allowed {tol:.2%}) on "
+            f"{len(sample)} real images", "report this with the run's run.json; try another --opset or target")
+    return check
 
 
 def output_check(runner, model: torch.nn.Module, sample: np.ndarray) -> dict[str, Any]:
@@ -116,6 +130,8 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
         t.check_available()
     if opts.quant is not None:
         opts.quant.check()
+    for t in targets:
+        t.check_options(opts.quant)
     model = model if model is not None else create_model(spec)
     model.eval()
     made = create_run_dir(opts.out, opts.exist_ok)
@@ -172,7 +188,8 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
         onnx_fp32 = Path(tmp) / "float.onnx"
         say(f"exporting {spec.name} to ONNX (opset 17, dynamic batch)")
         base_manifest["onnx"] = export_onnx(model, cfg["input_size"][-1], onnx_fp32)
-        options = _quant_options(opts, cfg, targets)
+        options = {**_quant_options(opts, cfg, targets), "torch_model": model, "input_size": cfg["input_size"],
+                   **opts.target_options}
         if options["quant"].qat_epochs and any(t.precision == "int8" for t in targets):
             from .steps.qat import quantize_aware
 
@@ -184,18 +201,43 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
         for t in targets:
             mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest,
                                  options)
-            c = mf["check_vs_pytorch"]
-            say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  max|Δ| vs PyTorch "
-                f"{c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})")
-    art_dirs = [opts.out / "artifacts" / t.name for t in targets]
-    if opts.data:
+            say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  {_check_line(mf)}")
+    art_dirs = [opts.out / "artifacts" / t.name for t in targets if not _skip(t)]
+    if opts.data and art_dirs:
         validate_artifacts(art_dirs, opts.data, opts.split, model, opts.validate_limit, opts.val_fraction,
                            opts.seed, save_to=opts.out)
-    if opts.bench:
+    if opts.bench and art_dirs:
         bench_artifacts(art_dirs, model, opts.batch, opts.threads, opts.warmup, opts.iters, save_to=opts.out)
     report = write_report(opts.out)
     print_summary(opts.out)
+    _engine_notice(opts.out, targets)
     say(f"[bold]report:[/] {report}")
+
+
+def _check_line(mf: dict[str, Any]) -> str:
+    c = mf["check_vs_pytorch"]
+    if "skipped" in c:
+        return f"structure checked, not run ({c['skipped']})"
+    return f"max|Δ| vs PyTorch {c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})"
+
+
+def _skip(t: Target) -> bool:
+    if why := t.not_runnable():
+        say(f"[yellow]{t.name}: not validated or benchmarked here: {why}[/]")
+        return True
+    return False
+
+
+def _engine_notice(out: Path, targets: list[Target]) -> None:
+    """Where TensorRT is missing: what was written, and the command that builds the engine on the device."""
+    for t in targets:
+        mf_path = out / "artifacts" / t.name / MANIFEST
+        e = json.loads(mf_path.read_text()).get("export", {}) if mf_path.exists() else {}
+        if e.get("engine", {}).get("built") is False:
+            say(f"[yellow bold]{t.name}: no TensorRT engine built here[/] ({e['engine']['reason']}).\n"
+                f"  Written: {mf_path.parent}/model.onnx (checked with ONNX Runtime) and build_engine.sh.\n"
+                f"  On the device: cd {mf_path.parent.name} && {e['trtexec']}\n"
+                f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {mf_path.parent}")
 
 
 def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[Target]) -> dict[str, Any]:
@@ -273,8 +315,12 @@ def validate_artifacts(paths: list[Path], data: str, split: str = "test", model:
 
 def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
                     threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
-                    save_to: Path | None = None, min_seconds: float = 0.0) -> list[dict[str, Any]]:
-    """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads."""
+                    save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True) -> list[dict[str, Any]]:
+    """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads.
+
+    On a machine with a CUDA GPU (and ``gpu``), PyTorch on the GPU (fp32, fp16, fp16 + torch.compile)
+    follows the reference; ONNX Runtime artifacts run on its CUDA provider where onnxruntime-gpu is
+    installed, and TensorRT artifacts run their engines."""
     threads = threads or default_threads()
     mfs = [read_manifest(p) for p in paths]
     _same_model([mf for _, mf in mfs], paths)
@@ -284,6 +330,8 @@ def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, bat
     if reference:
         model = model if model is not None else float_model_for(mfs[0][1])
         rows.append(bench_eager(model, x, threads, warmup, iters, min_seconds))
+        if gpu and torch.cuda.is_available():  # the GPU table: PyTorch fp32/fp16/compile beside the engines
+            rows += [r for r in bench_torch_gpu(model, x, warmup, iters, min_seconds) if "p50_ms" in r]
     for art_dir, mf in mfs:
         target = get_target(mf["target"])
         info: dict[str, Any] = {}
@@ -337,7 +385,8 @@ def run_recipe(recipe, exist_ok: bool = False) -> Path:
     opts = ExportOptions(targets=list(recipe.targets), out=Path(recipe.out), data=d.source, split=d.split,
                          val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
                          bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
-                         quant=recipe.quant, extra={"recipe": recipe.to_dict()})
+                         quant=recipe.quant, extra={"recipe": recipe.to_dict()},
+                         target_options={"tensorrt": recipe.tensorrt} if recipe.tensorrt else {})
     if recipe.train is None:
         return run_export(spec, opts)
     if not d.source:

@@ -15,6 +15,7 @@ import yaml
 
 from .errors import RecipeError
 from .steps.quantize import QuantConfig
+from .targets.tensorrt import EngineOptions
 from .steps.train import TrainConfig
 
 
@@ -58,6 +59,7 @@ class Recipe:
     train: TrainConfig | None = None
     targets: list = field(default_factory=lambda: ["onnx", "openvino"])
     quant: QuantConfig | None = None
+    tensorrt: EngineOptions | None = None  # engine build options of the tensorrt-* targets
     bench: BenchSection = field(default_factory=BenchSection)
     out: str = "runs/run"
 
@@ -83,7 +85,7 @@ def _build(cls, raw: Any, where: str, file: str):
 
 
 def _convert(hint, value, path: str, file: str):
-    sections = {ModelSection, DataSection, TrainConfig, QuantConfig, BenchSection}
+    sections = {ModelSection, DataSection, TrainConfig, QuantConfig, EngineOptions, BenchSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
@@ -130,6 +132,7 @@ def quickstart_recipe() -> Recipe:
         train=TrainConfig(epochs=20, batch_size=32, lr=1e-3, warmup_epochs=1, flip=False),
         targets=list(TARGETS),
         quant=QuantConfig(calib_size=300),
+        tensorrt=EngineOptions(max_batch=8, workspace_mb=1024),
         bench=BenchSection(batch=1, warmup=10, iters=50),
         out="runs/quickstart",
     )

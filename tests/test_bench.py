@@ -20,3 +20,18 @@ def test_peak_memory_sees_an_allocation():
         a = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del a
     assert m["peak_mb"] > 50
+
+
+def test_gpu_rows_code_path_runs_on_any_device():
+    """The PyTorch GPU rows (fp32, fp16, compile) on the CPU device: the same code a CUDA machine runs."""
+    from edgevit.bench.latency import bench_torch_gpu
+    from edgevit.models import create_model
+
+    from conftest import tiny_spec
+
+    model = create_model(tiny_spec()).eval()
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    rows = bench_torch_gpu(model, x, warmup=1, iters=3, device="cpu", compile=False)
+    assert [r["name"] for r in rows] == ["pytorch-cpu-fp32", "pytorch-cpu-fp16"]
+    assert all(r["p50_ms"] > 0 and r["runs"] == 3 for r in rows)
+    assert rows[1]["precision"] == "fp16" and rows[1]["size_mb"] < rows[0]["size_mb"]

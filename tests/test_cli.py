@@ -75,8 +75,11 @@ def test_unknown_target(tmp_path, ckpt):
     assert not (tmp_path / "o").exists()
 
 
-def test_planned_target_says_so(tmp_path, ckpt):
-    r = invoke("export", *TINY, "--checkpoint", ckpt, "--target", "coreml-int8", "--out", tmp_path / "o")
+def test_planned_target_says_so(tmp_path, ckpt, monkeypatch):
+    from edgevit import targets
+
+    monkeypatch.setitem(targets.PLANNED, "tflite-int8", "TFLite flatbuffer, int8")
+    r = invoke("export", *TINY, "--checkpoint", ckpt, "--target", "tflite-int8", "--out", tmp_path / "o")
     assert_clear_error(r, "not built in this version")
 
 

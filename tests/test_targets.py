@@ -11,11 +11,14 @@ from edgevit.targets import PLANNED, TARGETS, get_target
 
 from conftest import tiny_spec
 
+AVAILABLE = [n for n, t in TARGETS.items() if not t.missing()]  # coremltools is in the test extras
+RUNNABLE = [n for n in AVAILABLE if not TARGETS[n].not_runnable()]  # CoreML runs on macOS only
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    opts = ExportOptions(targets=list(TARGETS), out=out, data="digits", split="val", validate_limit=40,
+    opts = ExportOptions(targets=AVAILABLE, out=out, data="digits", split="val", validate_limit=40,
                          iters=3, warmup=1)
     run_export(tiny_spec(checkpoint=str(tiny_checkpoint)), opts)
     return out
@@ -25,6 +28,14 @@ def run_dir(tmp_path_factory, tiny_checkpoint):
 def test_target_exports_reloads_and_matches_pytorch(run_dir, name, tiny_checkpoint):
     from edgevit.models import create_model
 
+    if name not in AVAILABLE:
+        pytest.skip(f"{name} needs {', '.join(TARGETS[name].missing())}, not installed")
+    if why := TARGETS[name].not_runnable():  # checked structurally at export; the manifest says so
+        mf = json.loads((run_dir / "artifacts" / name / "manifest.json").read_text())
+        assert mf["check_vs_pytorch"]["skipped"] == why and mf["size_bytes"] > 0
+        s = mf["export"]["structure"]
+        assert s["inputs"][0]["shape"] == [1, 3, 32, 32] and s["outputs"][0]["name"] == "logits"
+        pytest.skip(f"{name}: structure checked; not run here ({why})")
     target, runner, mf, art_dir = load_artifact(run_dir / "artifacts" / name)
     assert mf["target"] == name and mf["precision"] == target.precision
     assert mf["model"]["checkpoint_sha256"] and torch.__version__.startswith(mf["versions"]["torch"])
@@ -57,8 +68,8 @@ def test_onnx_graph_is_opset17_with_layernorm_and_dynamic_batch(run_dir):
 def test_validation_and_bench_results_cover_every_target(run_dir):
     val = json.loads((run_dir / "results" / "validate.json").read_text())
     bench = json.loads((run_dir / "results" / "bench.json").read_text())
-    assert set(val) == set(TARGETS)
-    assert set(bench) == {"pytorch-eager", *TARGETS}
+    assert set(val) == set(RUNNABLE)
+    assert set(bench) == {"pytorch-eager", *RUNNABLE}
     for name, r in val.items():
         assert r["images"] == 40 and 0 <= r["agreement_pct"] <= 100
         if TARGETS[name].precision == "fp32":

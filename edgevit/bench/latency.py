@@ -116,3 +116,45 @@ def bench_eager(model: torch.nn.Module, x: np.ndarray, threads: int | None, warm
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"name": "pytorch-eager", "backend": "pytorch", "precision": "fp32", "runtime_precision": "fp32",
             "runtime": f"torch {torch.__version__}", "size_mb": size / 2**20, **row}
+
+
+def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: int, min_seconds: float = 0.0,
+                    device: str = "cuda", compile: bool = True) -> list[dict[str, Any]]:
+    """PyTorch on a GPU, the rows a desktop-GPU user compares TensorRT and ONNX Runtime CUDA with:
+    fp32, fp16, and fp16 under ``torch.compile`` (kept with ``helps`` saying whether it beat eager fp16).
+    Each call copies the batch to the device and the logits back, as the artifact runners do."""
+    import copy
+
+    dev = torch.device(device)
+    variants = [("fp32", torch.float32, False), ("fp16", torch.float16, False)]
+    if compile:
+        variants.append(("fp16-compile", torch.float16, True))
+    rows: list[dict[str, Any]] = []
+    for tag, dtype, compiled in variants:
+        m = copy.deepcopy(model).to(dev, dtype).eval()
+        fn = torch.compile(m) if compiled else m
+
+        def make(fn=fn, dtype=dtype):
+            def run(a):
+                with torch.inference_mode():
+                    return fn(torch.from_numpy(a).to(dev, dtype)).float().cpu()
+            return run
+
+        name = f"pytorch-{dev.type}-{tag}"
+        try:
+            row = bench_callable(make, x, warmup, iters, name, min_seconds)
+        except Exception as e:  # noqa: BLE001 - torch.compile fails in many ways; eager rows still stand
+            if not compiled:
+                raise
+            rows.append({"name": name, "backend": "pytorch", "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        rows.append({"name": name, "backend": "pytorch", "precision": tag.split("-")[0],
+                     "runtime_precision": tag.split("-")[0], "device": dev.type,
+                     "runtime": f"torch {torch.__version__}{' + torch.compile' if compiled else ''} on "
+                                f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev.type}",
+                     "size_mb": sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20, **row})
+    eager16 = next((r for r in rows if r["name"].endswith("-fp16") and "p50_ms" in r), None)
+    for r in rows:
+        if r["name"].endswith("-compile") and "p50_ms" in r and eager16:
+            r["helps"] = r["p50_ms"] < eager16["p50_ms"]
+    return rows

@@ -10,7 +10,10 @@ from typing import Any
 
 from ..errors import RunDirError
 from ..manifest import RUN_MANIFEST, write_json
+from .sections import int8_facts, int8_html, int8_markdown, package_facts, package_html, package_markdown
+from .device import device_rows, is_device_row
 
+DEVICE_COLOR = "#76b900"  # rows measured on an edge device (results/device.json)
 COLUMNS = [  # (key, header, format)
     ("name", "artifact", "{}"), ("runtime_precision", "precision", "{}"), ("size_mb", "size MB", "{:.1f}"),
     ("top1", "top-1 %", "{:.2f}"), ("top1_drop_pts", "drop pts", "{:+.2f}"), ("agreement_pct", "agree %", "{:.2f}"),
@@ -41,10 +44,13 @@ def collect(run_dir: Path) -> dict[str, Any]:
         rows["pytorch-eager"].update(top1=first["float_top1"], top5=first["float_top5"], top1_drop_pts=0.0,
                                      agreement_pct=100.0)
     ordered = sorted(rows.values(), key=lambda r: (r["name"] != "pytorch-eager", r.get("p50_ms", 1e9)))
-    mark_pareto(ordered)
+    mark_pareto(ordered)  # this machine's rows only: a device's latency is not comparable with them
+    devices = device_rows(run_dir)
     history = [json.loads(line) for line in (run_dir / "model" / "history.jsonl").read_text().splitlines()
                if line.strip()] if (run_dir / "model" / "history.jsonl").exists() else []
-    return {"run": run, "rows": ordered, "training": history, "int8": int8_facts(run_dir)}
+    return {"run": run, "rows": ordered + devices, "training": history, "int8": int8_facts(run_dir),
+            "packages": package_facts(run_dir),
+            "device": [device_facts(r) for r in devices]}
 
 
 def _prune_line(run: dict[str, Any]) -> list[str]:
@@ -55,38 +61,66 @@ def _prune_line(run: dict[str, Any]) -> list[str]:
             f"{' → '.join(map(str, p['tokens_per_block']))} after each block)"]
 
 
-def int8_facts(run_dir: Path) -> list[dict[str, Any]]:
-    """How each int8 artifact was made: form, calibration, and the layers kept float (and why)."""
-    out = []
-    for mf_path in sorted((Path(run_dir) / "artifacts").glob("*/manifest.json")):
-        mf = _load(mf_path)
-        if mf.get("precision") != "int8":
-            continue
-        e, cal, md = mf.get("export", {}), mf.get("export", {}).get("calibration") or {}, mf.get("export", {}).get("max_drop")
-        out.append({"target": mf["target"], "form": e.get("form"), "calibrator": e.get("calibrator"),
-                    "calibration": f"{cal['size']} images of {cal['source']}" if cal else "none (dynamic)",
-                    "activations": e.get("activations"), "weights": e.get("weights"),
-                    "float_layers": e.get("float_layers", []), "layers": e.get("layers"),
-                    "max_drop": None if not md else f"bound {md['bound_pts']} pts: {md['control_drop_pts']:.2f} pts "
-                                                    f"on {md['control_images']} held-out images"})
-    return out
+def device_facts(r: dict[str, Any]) -> dict[str, Any]:
+    """What the Device results section shows of one row measured on an edge device."""
+    d = r.get("device") or {}
+    mode = d.get("power_mode") if d.get("power_mode_id") is None else f"{d.get('power_mode')} ({d['power_mode_id']})"
+    return {"name": r["name"], "device": d.get("model"), "jetpack": d.get("jetpack"), "l4t": d.get("l4t"),
+            "tensorrt": d.get("tensorrt"), "power_mode": mode, "power_mode_applied": d.get("power_mode_applied"),
+            "jetson_clocks": d.get("jetson_clocks"), "batch": r.get("batch"),
+            **{k: r.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips", "power_w_mean",
+                                     "power_w_max", "temp_c_max", "engine_build_s", "onnx_matches_run")}}
 
 
-def int8_markdown(items: list[dict[str, Any]]) -> list[str]:
+DEVICE_COLUMNS = [("name", "row"), ("device", "device"), ("software", "JetPack / TensorRT"),
+                  ("power_mode", "power mode"), ("clocks", "jetson_clocks"), ("latency", "p50 / p90 / p99 ms"),
+                  ("power", "power mean / max W"), ("temp", "max °C")]
+
+
+def _device_cells(f: dict[str, Any]) -> dict[str, str]:
+    num = lambda v, fmt: "—" if v is None else fmt.format(v)  # noqa: E731
+    mode = f["power_mode"] or "—"
+    if f["power_mode"] and f["power_mode_applied"] is False:
+        mode += " (as found)"
+    name = f["name"] + (" (other export)" if f["onnx_matches_run"] is False else "")
+    return {"name": name, "device": f["device"] or "—", "power_mode": mode,
+            "software": f"{f['jetpack'] or '?'} / {f['tensorrt'] or '?'}",
+            "clocks": "on" if f["jetson_clocks"] else "not set",
+            "latency": " / ".join(num(f[k], "{:.2f}") for k in ("p50_ms", "p90_ms", "p99_ms")),
+            "power": f"{num(f['power_w_mean'], '{:.2f}')} / {num(f['power_w_max'], '{:.2f}')}",
+            "temp": num(f["temp_c_max"], "{:.1f}")}
+
+
+DEVICE_NOTE = ("Measured on the device by deploy/jetson/edgevit_jetson.sh (TensorRT engine built there, timed by "
+               "trtexec); power is the board's input rail from tegrastats. Top-1 is not measured on the device: "
+               "the artifact's own row has its validation. Device rows stay off the Pareto front and the scatter.")
+
+
+def device_markdown(items: list[dict[str, Any]]) -> list[str]:
     if not items:
         return []
-    lines = ["", "## int8 artifacts", "", "| target | form | calibrator | calibration | --max-drop | layers kept float |",
-             "|---|---|---|---|---|---|"]
-    for i in items:
-        kept = ", ".join(i["float_layers"]) or "none"
-        lines.append(f"| {i['target']} | {i['form']} | {i['calibrator'] or '—'} | {i['calibration']} | "
-                     f"{i['max_drop'] or '—'} | {len(i['float_layers'])} of {i['layers']}: {kept} |")
-    return lines
+    lines = ["", "## Device results", "", "| " + " | ".join(h for _, h in DEVICE_COLUMNS) + " |",
+             "|" + "---|" * len(DEVICE_COLUMNS)]
+    for f in items:
+        cells = _device_cells(f)
+        lines.append("| " + " | ".join(cells[k] for k, _ in DEVICE_COLUMNS) + " |")
+    return lines + ["", DEVICE_NOTE]
+
+
+def device_html(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in DEVICE_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_device_cells(f)[k])}</td>" for k, _ in DEVICE_COLUMNS)
+                   + "</tr>" for f in items)
+    return f"<h2>Device results</h2><table><tr>{head}</tr>{body}</table><p class='note'>{html.escape(DEVICE_NOTE)}</p>"
 
 
 def mark_pareto(rows: list[dict[str, Any]]) -> None:
-    """A row is on the front when no other row is at least as fast and at least as accurate (and better in one)."""
-    pts = [r for r in rows if "p50_ms" in r]
+    """A row is on the front when no other row is at least as fast and at least as accurate (and better in one).
+
+    Rows measured on another device are left out: their latency is not comparable with this machine's."""
+    pts = [r for r in rows if "p50_ms" in r and not is_device_row(r)]
     acc = "top1" if all("top1" in r for r in pts) else None
     for r in pts:
         ra = r.get(acc, 0) if acc else 0
@@ -101,7 +135,8 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if "p50_ms" in r]
+    pts = [r for r in rows if "p50_ms" in r and not is_device_row(r)]  # scatter: this machine's rows
+    bars = [r for r in rows if "p50_ms" in r]  # bars: device rows too, hatched
     if not pts:
         return None
     has_acc = all("top1" in r for r in pts)
@@ -139,12 +174,13 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
     ax.set_ylabel("top-1 % (higher is better)" if has_acc else "size MB")
     ax.set_title("accuracy vs latency" if has_acc else "size vs latency (no --data: no accuracy)")
     ax.grid(alpha=0.3)
-    names = [r["name"] for r in pts]
-    p50 = [r["p50_ms"] for r in pts]
-    err = [[0] * len(pts), [r["p90_ms"] - r["p50_ms"] for r in pts]]
-    bx.barh(names, p50, xerr=err, color=[colors.get(r.get("backend"), "#d62728") for r in pts], capsize=3)
+    err = [[0] * len(bars), [(r.get("p90_ms") or r["p50_ms"]) - r["p50_ms"] for r in bars]]
+    drawn = bx.barh([r["name"] for r in bars], [r["p50_ms"] for r in bars], xerr=err, capsize=3,
+                    color=[DEVICE_COLOR if is_device_row(r) else colors.get(r.get("backend"), "#d62728") for r in bars])
+    for patch, r in zip(drawn.patches, bars):
+        patch.set_hatch("//" if is_device_row(r) else None)
     bx.invert_yaxis()
-    bx.set_xlabel("latency ms (bar p50, whisker p90)")
+    bx.set_xlabel("latency ms (bar p50, whisker p90" + ("; hatched: on the device)" if len(bars) > len(pts) else ")"))
     bx.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -171,6 +207,8 @@ def markdown(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + f" | {'★' if r.get('pareto') else ''} |")
     lines += int8_markdown(data.get("int8", []))
+    lines += package_markdown(data.get("packages", []))
+    lines += device_markdown(data.get("device", []))
     return "\n".join(lines) + "\n"
 
 
@@ -211,25 +249,12 @@ td:first-child,th:first-child{{text-align:left}} th{{background:#f6f6f6}} tr.par
 Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
 {data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up. Peak MB is the resident
 memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running only).</p>
-{int8_html(data.get("int8", []))}{train}<ul class="note">{facts}</ul></body></html>"""
-
-
-def int8_html(items: list[dict[str, Any]]) -> str:
-    if not items:
-        return ""
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            i["target"], i["form"], i["calibrator"] or "—", i["calibration"], i["max_drop"] or "—",
-            f"{len(i['float_layers'])} of {i['layers']}")) + "</tr>"
-        + (f"<tr><td colspan=6 class='note' style='text-align:left'>kept float: "
-           f"{html.escape(', '.join(i['float_layers']))}</td></tr>" if i["float_layers"] else "") for i in items)
-    return ("<h2>int8 artifacts</h2><table><tr><th>target</th><th>form</th><th>calibrator</th><th>calibration</th>"
-            f"<th>--max-drop</th><th>layers kept float</th></tr>{rows}</table>")
+{int8_html(data.get("int8", []))}{package_html(data.get("packages", []))}{device_html(data.get("device", []))}{train}<ul class="note">{facts}</ul></body></html>"""
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
     """One sentence a reader takes away: the fastest artifact, and the fastest that loses nothing."""
-    arts = [r for r in rows if r["name"] != "pytorch-eager" and "p50_ms" in r]
+    arts = [r for r in rows if r["name"] != "pytorch-eager" and "p50_ms" in r and not is_device_row(r)]
     if not arts:
         return "No benchmark rows yet: run `edgevit bench` on the artifacts."
     fast = min(arts, key=lambda r: r["p50_ms"])

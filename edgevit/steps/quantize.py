@@ -62,6 +62,7 @@ class QuantConfig:
     qat_lr: float = 1e-5
     qat_batch_size: int = 64
     qat_distill: bool = True  # QAT learns from the float model's logits as well as the labels
+    coreml_w8a8: bool = False  # coreml-int8 with int8 activations too (calibration runs the model: macOS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

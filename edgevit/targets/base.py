@@ -49,6 +49,16 @@ class Target:
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------
+    def not_runnable(self) -> str | None:
+        """Why this machine cannot run the artifact (then it is checked structurally), or None."""
+        return None
+
+    def needs_calibration_for(self, cfg) -> bool:
+        return False
+
+    def check_options(self, cfg) -> None:
+        """Refuse options this target cannot honour here, before any work."""
+
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 

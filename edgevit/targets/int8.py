@@ -1,4 +1,4 @@
-"""The int8 targets: onnx-int8 (ONNX Runtime CPU), openvino-int8 (NNCF), tensorrt-int8 (Q/DQ ONNX).
+"""The int8 targets: onnx-int8 (ONNX Runtime CPU), openvino-int8 (NNCF), tensorrt-int8 (Q/DQ ONNX -> engine).
 
 Each builds its int8 graph from the float ONNX with :mod:`edgevit.steps.quantize`. The options
 the pipeline passes hold the :class:`~edgevit.steps.quantize.QuantConfig`, the calibration images
@@ -16,9 +16,10 @@ import numpy as np
 
 from ..errors import ExportError
 from ..steps import quantize as q
-from .base import Runner, Target
+from .base import Target
 from .onnx import OnnxTarget
 from .openvino import OpenVinoTarget
+from .tensorrt import TensorRtTarget
 from .trt_rules import check_tensorrt_rules
 
 
@@ -111,10 +112,11 @@ class OnnxInt8Target(_Int8Mixin, OnnxTarget):
                                range_cache=cache)
 
 
-class TensorRtInt8Target(_Int8Mixin, OnnxTarget):
-    """Explicit Q/DQ ONNX for TensorRT, checked against TensorRT's int8 rules; run here by ORT."""
+class TensorRtInt8Target(_Int8Mixin, TensorRtTarget):
+    """Explicit Q/DQ ONNX checked against TensorRT's int8 rules, then the engine where TensorRT runs."""
 
-    backend = "tensorrt"
+    def export(self, onnx_fp32: Path, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+        return self.finish(out_dir, options, _Int8Mixin.export(self, onnx_fp32, out_dir, options))
 
     def _layers(self, onnx_fp32: Path, cfg: q.QuantConfig) -> list[str]:
         return q.onnx_layers(onnx_fp32, cfg, with_conv=True)
@@ -132,15 +134,8 @@ class TensorRtInt8Target(_Int8Mixin, OnnxTarget):
             raise ExportError(f"target {self.name!r}: the Q/DQ graph breaks {len(rules['violations'])} TensorRT "
                               f"int8 rule(s), e.g. {rules['violations'][0]}", "report this with the run's run.json")
         facts["tensorrt_rules"] = rules
-        facts["engine"] = ("not built: this stage stops at the Q/DQ ONNX; build the engine on the device "
-                           "with `trtexec --onnx=model.onnx --int8 --saveEngine=model.plan` (the device-backend "
-                           "stage automates it)")
+        facts["onnx_precision"] = "int8 Q/DQ, float32 elsewhere (float32 inputs/outputs)"
         return facts
-
-    def load(self, art_dir: Path, threads: int | None = None) -> Runner:
-        runner = super().load(art_dir, threads)
-        runner.info["runtime"] += " (the Q/DQ graph TensorRT compiles; no TensorRT engine here)"
-        return runner
 
 
 class OpenVinoInt8Target(_Int8Mixin, OpenVinoTarget):
@@ -167,6 +162,7 @@ INT8_TARGETS: list[Target] = [
                    "fastest on CPU; --form static for calibrated Q/DQ)"),
     OpenVinoInt8Target("openvino-int8", "int8", "OpenVINO IR quantized by NNCF (transformer preset, SmoothQuant, "
                        "LayerNorm/Softmax/head float)"),
-    TensorRtInt8Target("tensorrt-int8", "int8", "explicit Q/DQ ONNX for TensorRT (symmetric int8, per-channel "
-                       "weights, checked against TensorRT's rules); validated here with ONNX Runtime"),
+    TensorRtInt8Target("tensorrt-int8", "int8", "TensorRT engine from explicit Q/DQ ONNX (symmetric int8, "
+                       "per-channel weights, checked against TensorRT's rules); without TensorRT: the ONNX + "
+                       "trtexec script, validated with ONNX Runtime"),
 ]
