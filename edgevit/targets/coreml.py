@@ -33,6 +33,12 @@ PACKAGE = "model.mlpackage"
 INT8_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 
 
+def _quiet() -> None:
+    """coremltools logs a warning per untested torch/scikit-learn version and per missing macOS-only
+    proxy at import, and one per int64 constant at conversion: none of them actionable here."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
 def not_on_mac() -> str | None:
     if platform.system() != "Darwin":
         return f"CoreML runs only on macOS/iOS (this is {platform.system()})"
@@ -41,10 +47,10 @@ def not_on_mac() -> str | None:
 
 def convert(model, input_size: list[int], precision: str = "fp16"):
     """PyTorch model -> ML Program (fp16 compute, float32 I/O, batch 1)."""
+    _quiet()
     import coremltools as ct
     import torch
 
-    logging.getLogger("coremltools").setLevel(logging.ERROR)  # int64->int32 notes on every index constant
     x = torch.zeros(1, *input_size)
     try:
         with torch.no_grad():
@@ -81,6 +87,7 @@ def quantize_activations(mlmodel, images: np.ndarray):
 
 def inspect_package(pkg: Path) -> dict[str, Any]:
     """What can be checked without running CoreML: the spec, I/O, op counts, weight storage."""
+    _quiet()
     import coremltools as ct
 
     try:
@@ -157,6 +164,7 @@ class CoreMLTarget(Target):
         return not_on_mac()
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
+        _quiet()
         import coremltools as ct
 
         if why := not_on_mac():
