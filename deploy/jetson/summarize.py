@@ -40,15 +40,21 @@ class SummaryError(Exception):
     """A wrong or missing input: the message names the file and what is wrong with it."""
 
 
-# ---------------------------------------------------------------- manifest and trtexec flags
-def load_manifest(path: str) -> dict:
+def read_json(path: str, if_missing: str, if_invalid: str):
+    """The JSON in ``path``; a SummaryError naming the file and what to do when it is missing or broken."""
     try:
         with open(path) as f:
-            mf = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise SummaryError(f"{path}: no such file (the artifact directory must hold manifest.json)") from None
+        raise SummaryError(f"{path}: no such file {if_missing}") from None
     except (OSError, ValueError) as e:
-        raise SummaryError(f"{path}: not readable JSON ({e}); copy the artifact directory again") from None
+        raise SummaryError(f"{path}: not {'valid' if isinstance(e, ValueError) else 'readable'} JSON ({e}); "
+                           f"{if_invalid}") from None
+
+
+# ---------------------------------------------------------------- manifest and trtexec flags
+def load_manifest(path: str) -> dict:
+    mf = read_json(path, "(the artifact directory must hold manifest.json)", "copy the artifact directory again")
     if not isinstance(mf, dict):
         raise SummaryError(f"{path}: expected a JSON object, got {type(mf).__name__}")
     size = (mf.get("data_config") or {}).get("input_size")
@@ -126,13 +132,8 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def load_times(path: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise SummaryError(f"{path}: no such file: trtexec did not write --exportTimes (see its log)") from None
-    except (OSError, ValueError) as e:
-        raise SummaryError(f"{path}: not valid JSON ({e}): was trtexec interrupted? run the benchmark again") from None
+    data = read_json(path, "(trtexec did not write --exportTimes: see its log)",
+                     "was trtexec interrupted? run the benchmark again")
     if not isinstance(data, list):
         raise SummaryError(f"{path}: expected trtexec's --exportTimes list of inferences, got {type(data).__name__}")
     if not data:
