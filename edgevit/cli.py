@@ -145,7 +145,7 @@ def _export_command(default_targets: List[str], doc: str):
                             qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size, qat_distill=qat_distill,
                             coreml_w8a8=coreml_w8a8)
         engine = EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
-                               timing_cache=None if timing_cache.lower() == "none" else timing_cache).check()
+                               timing_cache=timing_cache).check()
         opts = ExportOptions(targets=tgts, out=out_dir or _default_out(model, tgts), data=data, split=split,
                              val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit,
                              bench=bench, batch=batch, threads=threads, quant=quant,
@@ -318,7 +318,7 @@ def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorr
         raise ArtifactError(f"{art_dir} is a {mf['target']} artifact, not a TensorRT one",
                             "pass an artifacts/tensorrt-fp16 or artifacts/tensorrt-int8 directory")
     opts = EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
-                         timing_cache=None if timing_cache.lower() == "none" else timing_cache).check()
+                         timing_cache=timing_cache).check()
     meta = target.build(art_dir, {"tensorrt": opts})
     out.print(f"engine: {art_dir / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, "
               f"{meta['build_s']:.0f} s)")

@@ -84,6 +84,15 @@ def staged_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """A run directory's run.json; RunDirError when the folder is not a run."""
+    path = Path(run_dir) / RUN_MANIFEST
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not an edgevit run directory (no {RUN_MANIFEST})",
+                          "pass the --out folder of `edgevit export` or `edgevit run`")
+    return json.loads(path.read_text())
+
+
 def create_run_dir(path: Path, exist_ok: bool) -> bool:
     """Make the run directory; refuse an existing one unless ``exist_ok``. True if it was made now."""
     path = Path(path)

@@ -198,9 +198,11 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
             options["reference_model"], options["qat_facts"] = quantize_aware(
                 model, spec.name, options["calib"].images, opts.data, cfg, options["quant"], opts.out,
                 options["qat_onnx"], opts.val_fraction, opts.seed)
+        manifests = []
         for t in targets:
             mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest,
                                  options)
+            manifests.append(mf)
             say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  {_check_line(mf)}")
     art_dirs = [opts.out / "artifacts" / t.name for t in targets if not _skip(t)]
     if opts.data and art_dirs:
@@ -210,7 +212,7 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
         bench_artifacts(art_dirs, model, opts.batch, opts.threads, opts.warmup, opts.iters, save_to=opts.out)
     report = write_report(opts.out)
     print_summary(opts.out)
-    _engine_notice(opts.out, targets)
+    _engine_notice(opts.out, manifests)
     say(f"[bold]report:[/] {report}")
 
 
@@ -228,16 +230,15 @@ def _skip(t: Target) -> bool:
     return False
 
 
-def _engine_notice(out: Path, targets: list[Target]) -> None:
+def _engine_notice(out: Path, manifests: list[dict[str, Any]]) -> None:
     """Where TensorRT is missing: what was written, and the command that builds the engine on the device."""
-    for t in targets:
-        mf_path = out / "artifacts" / t.name / MANIFEST
-        e = json.loads(mf_path.read_text()).get("export", {}) if mf_path.exists() else {}
+    for mf in manifests:
+        e, art = mf["export"], out / "artifacts" / mf["target"]
         if e.get("engine", {}).get("built") is False:
-            say(f"[yellow bold]{t.name}: no TensorRT engine built here[/] ({e['engine']['reason']}).\n"
-                f"  Written: {mf_path.parent}/model.onnx (checked with ONNX Runtime) and build_engine.sh.\n"
-                f"  On the device: cd {mf_path.parent.name} && {e['trtexec']}\n"
-                f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {mf_path.parent}")
+            say(f"[yellow bold]{mf['target']}: no TensorRT engine built here[/] ({e['engine']['reason']}).\n"
+                f"  Written: {art}/model.onnx (checked with ONNX Runtime) and build_engine.sh.\n"
+                f"  On the device: cd {art.name} && {e['trtexec']}\n"
+                f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {art}")
 
 
 def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[Target]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def test_timing_cache_path(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEVIT_CACHE", str(tmp_path))
     assert EngineOptions().cache_path() == tmp_path / "tensorrt" / "timing.cache"
     assert EngineOptions(timing_cache=None).cache_path() is None
+    assert EngineOptions(timing_cache="none").cache_path() is None  # as the CLI and recipes spell "off"
     assert EngineOptions(timing_cache="x.cache").cache_path() == Path("x.cache")
 
 

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, RunDirError
-from ..manifest import RUN_MANIFEST, now, write_json
+from ..errors import ArtifactError
+from ..manifest import now, read_run, write_json
 
 FORMAT = "edgevit-device-results/1"
 MERGED_FORMAT = "edgevit-device-merged/1"
@@ -72,13 +72,6 @@ def _check_row(path: Path, i: int, row: Any) -> None:
             raise _bad(path, f"rows[{i}] ({row['name']}) has a non-numeric {key!r}: {row[key]!r}")
 
 
-def _run_facts(run_dir: Path) -> dict[str, Any]:
-    if not (run_dir / RUN_MANIFEST).is_file():
-        raise RunDirError(f"{run_dir} is not an edgevit run directory (no {RUN_MANIFEST})",
-                          "pass the --out folder of `edgevit export` or `edgevit run`")
-    return json.loads((run_dir / RUN_MANIFEST).read_text())
-
-
 def _check_same_model(path: Path, data: dict[str, Any], run: dict[str, Any], run_dir: Path) -> None:
     art, model = data.get("artifact") or {}, (run.get("model") or {}).get("name")
     if art.get("model") and model and art["model"] != model:
@@ -115,7 +108,7 @@ def merge_device_results(run_dir: str | Path, paths: list[str | Path]) -> Path:
     Nothing is written unless every file is valid and measured this run's model.
     """
     run_dir = Path(run_dir)
-    run = _run_facts(run_dir)
+    run = read_run(run_dir)
     if not paths:
         raise ArtifactError("no device-results file given", "pass --device-results FILE.json (repeatable)")
     new: dict[str, dict[str, Any]] = {}

@@ -113,9 +113,12 @@ def bench_eager(model: torch.nn.Module, x: np.ndarray, threads: int | None, warm
 
     with torch_threads(threads):
         row = bench_callable(make, x, warmup, iters, "pytorch eager", min_seconds)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"name": "pytorch-eager", "backend": "pytorch", "precision": "fp32", "runtime_precision": "fp32",
-            "runtime": f"torch {torch.__version__}", "size_mb": size / 2**20, **row}
+            "runtime": f"torch {torch.__version__}", "size_mb": param_mb(model), **row}
+
+
+def param_mb(model: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
 
 def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: int, min_seconds: float = 0.0,
@@ -152,7 +155,7 @@ def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: i
                      "runtime_precision": tag.split("-")[0], "device": dev.type,
                      "runtime": f"torch {torch.__version__}{' + torch.compile' if compiled else ''} on "
                                 f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev.type}",
-                     "size_mb": sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20, **row})
+                     "size_mb": param_mb(m), **row})
     eager16 = next((r for r in rows if r["name"].endswith("-fp16") and "p50_ms" in r), None)
     for r in rows:
         if r["name"].endswith("-compile") and "p50_ms" in r and eager16:

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunDirError
-from ..manifest import RUN_MANIFEST, write_json
-from .sections import int8_facts, int8_html, int8_markdown, package_facts, package_html, package_markdown
+from ..manifest import read_run, write_json
+from .sections import load_json as _load, int8_facts, int8_html, int8_markdown, package_facts, package_html, package_markdown
 from .device import device_rows, is_device_row
 
 DEVICE_COLOR = "#76b900"  # rows measured on an edge device (results/device.json)
@@ -23,16 +22,9 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def collect(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_MANIFEST).is_file():
-        raise RunDirError(f"{run_dir} is not an edgevit run directory (no {RUN_MANIFEST})",
-                          "pass the --out folder of `edgevit export` or `edgevit run`")
-    run = _load(run_dir / RUN_MANIFEST)
+    run = read_run(run_dir)
     val, bench = _load(run_dir / "results" / "validate.json"), _load(run_dir / "results" / "bench.json")
     rows: dict[str, dict[str, Any]] = {}
     for name, b in bench.items():

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_json(path: Path) -> dict[str, Any]:
+    """A results or manifest file, {} when it does not exist (yet)."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _manifests(run_dir: Path) -> list[dict[str, Any]]:
-    return [_load(p) for p in sorted((Path(run_dir) / "artifacts").glob("*/manifest.json"))]
+    return [load_json(p) for p in sorted((Path(run_dir) / "artifacts").glob("*/manifest.json"))]
 
 
 def int8_facts(run_dir: Path) -> list[dict[str, Any]]:

@@ -45,6 +45,12 @@ def not_on_mac() -> str | None:
     return None
 
 
+def refuse_w8a8_off_mac() -> None:
+    if why := not_on_mac():
+        raise TargetError(f"--coreml-w8a8 calibrates int8 activations by running the model, and {why}",
+                          "build W8A8 packages on a Mac, or leave out --coreml-w8a8 for int8 weights")
+
+
 def convert(model, input_size: list[int], precision: str = "fp16"):
     """PyTorch model -> ML Program (fp16 compute, float32 I/O, batch 1)."""
     _quiet()
@@ -76,9 +82,7 @@ def quantize_activations(mlmodel, images: np.ndarray):
     """W8A8: int8 activations calibrated on ``images`` (runs the model: macOS only)."""
     import coremltools.optimize.coreml as cto
 
-    if why := not_on_mac():
-        raise TargetError(f"--coreml-w8a8 calibrates int8 activations by running the model, and {why}",
-                          "build W8A8 packages on a Mac, or leave out --coreml-w8a8 for int8 weights")
+    refuse_w8a8_off_mac()
     config = cto.OptimizationConfig(global_config=cto.experimental.OpActivationLinearQuantizerConfig(
         mode="linear_symmetric"))
     samples = [{INPUT: images[i:i + 1]} for i in range(len(images))]
@@ -141,9 +145,8 @@ class CoreMLTarget(Target):
         return self.precision == "int8" and bool(cfg.coreml_w8a8)
 
     def check_options(self, cfg) -> None:
-        if self.precision == "int8" and cfg is not None and cfg.coreml_w8a8 and (why := not_on_mac()):
-            raise TargetError(f"--coreml-w8a8 calibrates int8 activations by running the model, and {why}",
-                              "build W8A8 packages on a Mac, or leave out --coreml-w8a8 for int8 weights")
+        if self.precision == "int8" and cfg is not None and cfg.coreml_w8a8:
+            refuse_w8a8_off_mac()
 
     def check_structure(self, art_dir: Path, input_size: list[int]) -> dict[str, Any]:
         s = inspect_package(art_dir / PACKAGE)

@@ -53,7 +53,7 @@ class EngineOptions:
     opt_batch: int = 1
     max_batch: int = 8
     workspace_mb: int = 1024
-    timing_cache: str | None = "default"  # a path; "default": ~/.cache/edgevit; None: no cache
+    timing_cache: str | None = "default"  # a path; "default": ~/.cache/edgevit; None or "none": no cache
     optimization_level: int = 3  # TensorRT's builder_optimization_level, 0-5
 
     def check(self) -> "EngineOptions":
@@ -69,7 +69,7 @@ class EngineOptions:
         return self
 
     def cache_path(self) -> Path | None:
-        if not self.timing_cache:
+        if not self.timing_cache or self.timing_cache.lower() == "none":
             return None
         if self.timing_cache == "default":
             base = Path(os.environ.get("EDGEVIT_CACHE", Path.home() / ".cache" / "edgevit"))
@@ -107,7 +107,7 @@ def trtexec_args(eopts: EngineOptions, input_size: list[int], onnx: str = "model
     args = [f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped",
             f"--minShapes={INPUT}:{dims[0]}", f"--optShapes={INPUT}:{dims[1]}", f"--maxShapes={INPUT}:{dims[2]}",
             f"--memPoolSize=workspace:{eopts.workspace_mb}M", f"--builderOptimizationLevel={eopts.optimization_level}"]
-    if eopts.timing_cache:
+    if eopts.cache_path() is not None:
         args.append("--timingCacheFile=timing.cache")
     return args
 
@@ -279,10 +279,6 @@ class TensorRtTarget(OnnxTarget):
         except EngineUnavailable as e:
             facts["engine"] = {"built": False, "reason": e.what,
                                "build_on_device": f"cd artifacts/{self.name} && ./{BUILD_SCRIPT}"}
-            say = options.get("progress")
-            if say:
-                say(f"[yellow]{self.name}: no engine built here ({e.what}); the ONNX it compiles is checked with "
-                    f"ONNX Runtime. On the device: {facts['trtexec']}[/]")
         return facts
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
