@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .data import EMBEDDED, eval_transform, open_source
-from .data.readers import IMG_EXTENSIONS, load_image
+from .data.readers import IMG_EXTENSIONS, image_bytes, image_files, image_mode, load_image, warn_skipped
 from .errors import DataError
 
 DEFAULT_CACHE = "default"  # $EDGEVIT_CALIB_CACHE, else calibration/cache under the working directory
@@ -45,7 +44,9 @@ class _Flat:
 
     def __init__(self, root: Path):
         self.root = root
-        self.samples = [(p, 0) for p in sorted(root.iterdir()) if p.suffix.lower() in IMG_EXTENSIONS]
+        images, other = image_files(root, recursive=False)
+        warn_skipped(root, other)
+        self.samples = [(p, 0) for p in images]
         self.targets = [0] * len(self.samples)
         self.classes: list[str] = []
 
@@ -60,7 +61,8 @@ def open_calibration_source(source: str | Path):
     """(reader, labelled) for a calibration source; errors name the folder and the fix."""
     if str(source) != EMBEDDED:
         path = Path(source)
-        if path.is_dir() and not any(p.is_dir() for p in path.iterdir()) and not _is_cifar(path):
+        if path.is_dir() and not any(p.is_dir() for p in path.iterdir() if not p.name.startswith(".")) \
+                and not _is_cifar(path):
             flat = _Flat(path)
             if not len(flat):
                 raise DataError(f"calibration folder {path} holds no images",
@@ -154,9 +156,8 @@ def _check_channels(reader, chosen: list[int], source, allow_grey: bool) -> None
     grey = []
     for i in chosen:
         path = samples[i][0]
-        with Image.open(path) as im:
-            if im.mode in GREY_MODES:
-                grey.append(path)
+        if image_mode(path) in GREY_MODES:
+            grey.append(path)
     if len(grey) * 2 > len(chosen):
         raise DataError(
             f"{len(grey)} of the {len(chosen)} calibration images in {source} have one channel "
@@ -176,7 +177,7 @@ def _key(reader, chosen: list[int], data_cfg: dict[str, Any]) -> str:
     samples = getattr(reader, "samples", None)
     for i in chosen:
         if samples is not None:
-            h.update(Path(samples[i][0]).read_bytes())
+            h.update(image_bytes(samples[i][0]))
         elif hasattr(reader, "images"):
             h.update(np.ascontiguousarray(reader.images[i]).tobytes())
         else:

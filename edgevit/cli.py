@@ -1,6 +1,7 @@
 """The ``edgevit`` command: a thin typer layer over the Python API (edgevit.pipeline)."""
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from .errors import EdgeVitError
+from .errors import EdgeVitError, describe, os_error_fix
 
 app = typer.Typer(
     help="Vision Transformers from training to the edge device.\n\n"
@@ -21,6 +23,19 @@ out = Console()
 err = Console(stderr=True)
 
 
+def print_error(what: str, fix: str | None = None) -> None:
+    """One red ``error:`` line and a ``fix:`` line; user text is never read as rich markup."""
+    err.print(Text.assemble(("error: ", "bold red"), what), soft_wrap=True)
+    if fix:
+        err.print(Text.assemble(("fix: ", "yellow"), fix), soft_wrap=True)
+
+
+# File-system failures that are the environment's, not a bug's: a full disk, no permission, a
+# name too long. Anything else keeps its traceback.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG,
+               errno.ENOTDIR, errno.ELOOP, errno.EISDIR}
+
+
 def friendly(fn):
     """EdgeVitError -> one clear red message and exit code 2; Ctrl-C -> exit 130."""
     @functools.wraps(fn)
@@ -28,12 +43,16 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except EdgeVitError as e:
-            err.print(f"[bold red]error:[/] {e.what}", highlight=False)
-            if e.fix:
-                err.print(f"[yellow]fix:[/] {e.fix}", highlight=False)
+            print_error(e.what, e.fix)
             raise typer.Exit(e.exit_code)
+        except OSError as e:
+            if e.errno not in _ENV_ERRNOS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            print_error(f"cannot write or read{where}: {e.strerror or describe(e)}", os_error_fix(e))
+            raise typer.Exit(2)
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: unfinished artifacts were removed; completed ones are kept")
+            err.print("interrupted: unfinished artifacts were removed; completed ones are kept", style="bold red")
             raise typer.Exit(130)
     return wrapper
 
@@ -341,8 +360,11 @@ def run(
     run_recipe(r, exist_ok=exist_ok)
 
 
-def _train_config(recipe: Optional[Path], sets: List[str], **given):
-    """TrainConfig from a recipe's train: section, then --set KEY=VALUE, then the explicit flags."""
+def _train_config(recipe: Optional[Path], sets: List[str], resume_run: Optional[Path] = None,
+                  model_name: str = "", **given):
+    """TrainConfig from a recipe's train: section, then --set KEY=VALUE, then the explicit flags;
+    with ``resume_run``, the run's own options, which those given must not change."""
+    import dataclasses
     import difflib
     from typing import get_type_hints
 
@@ -350,9 +372,10 @@ def _train_config(recipe: Optional[Path], sets: List[str], **given):
 
     from .errors import RecipeError
     from .recipe import _convert, load_recipe
-    from .steps.train import TrainConfig
+    from .steps.train import TrainConfig, resume_config
 
-    cfg = (load_recipe(recipe).train if recipe else None) or TrainConfig()
+    base = load_recipe(recipe).train if recipe else None
+    explicit = dataclasses.asdict(base) if base else {}
     hints = get_type_hints(TrainConfig)
     for item in sets:
         key, sep, raw = item.partition("=")
@@ -362,11 +385,11 @@ def _train_config(recipe: Optional[Path], sets: List[str], **given):
             close = difflib.get_close_matches(key, hints, n=1)
             raise RecipeError(f"--set: unknown training option {key!r}",
                               f"did you mean {close[0]!r}?" if close else f"known: {', '.join(hints)}")
-        setattr(cfg, key, _convert(hints[key], yaml.safe_load(raw), f"train.{key}", "--set"))
-    for key, value in given.items():
-        if value is not None:
-            setattr(cfg, key, value)
-    return cfg
+        explicit[key] = _convert(hints[key], yaml.safe_load(raw), f"train.{key}", "--set")
+    explicit.update({k: v for k, v in given.items() if v is not None})
+    if resume_run is not None:
+        return resume_config(resume_run, model_name, explicit)
+    return TrainConfig(**explicit)
 
 
 def _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
@@ -428,7 +451,8 @@ def train(
 
         torchrun --nproc_per_node 4 -m edgevit train --model deit_small --data imagenet --recipe recipes/deit_small_imagenet.yaml
     """
-    cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    cfg = _train_config(recipe, sets, out_dir if resume else None, model, epochs=epochs, batch_size=batch_size,
+                        lr=lr, seed=seed)
     _train_common(model, data, split, num_classes, img_size, patch_size, checkpoint, pretrained, out_dir,
                   resume, exist_ok, val_fraction, cfg)
 
@@ -458,13 +482,13 @@ def distill(
         edgevit distill --teacher resnet18_cifar --teacher-checkpoint runs/teacher/model/weights.safetensors \
             --student deit_tiny_distilled --distillation hard --data cifar-10-batches-py --img-size 32 --patch-size 4 --num-classes 10
     """
-    if distillation is None and not recipe:
+    if distillation is None and not recipe and not resume:
         distillation = "hard"
     from .steps.distill import DistillationError
 
-    if alpha is None and distillation == "soft" and not recipe:
+    if alpha is None and distillation == "soft" and not recipe and not resume:
         alpha = 0.1
-    cfg = _train_config(recipe, sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    cfg = _train_config(recipe, sets, out_dir if resume else None, student, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         distillation=distillation, teacher=teacher,
                         teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
                         alpha=alpha, tau=tau)

@@ -5,6 +5,31 @@ anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno as _errno
+
+
+def describe(e: BaseException) -> str:
+    """``Type: message`` of any exception, whole (never cut), and never empty.
+
+    Some exceptions carry no message at all (a zero-byte checkpoint gives an ``EOFError`` with
+    none), others span lines; both must still read as one clear sentence in an error message."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (no message)"
+
+
+def os_error_fix(e: OSError) -> str:
+    """What to do about a failed file operation, from its errno."""
+    return {
+        _errno.ENOSPC: "free some space on that disk, or choose an --out on another disk",
+        _errno.EDQUOT: "free some space (your disk quota is used up), or choose an --out elsewhere",
+        _errno.EACCES: "choose a folder you can write to, or fix its permissions",
+        _errno.EPERM: "choose a folder you can write to, or fix its permissions",
+        _errno.EROFS: "that file system is read-only: choose an --out on a writable disk",
+        _errno.ENAMETOOLONG: "use a shorter name (at most 255 bytes per path component)",
+        _errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+        _errno.ELOOP: "the path runs through a symbolic-link loop: fix or remove the link",
+    }.get(e.errno or 0, "check that the path exists, is writable and the disk has space")
+
 
 class EdgeVitError(Exception):
     """Base class: ``what`` went wrong, ``fix`` says what to do."""
@@ -51,3 +76,11 @@ class RecipeError(EdgeVitError):
 
 class ArtifactError(EdgeVitError):
     """A path that is not an edgevit artifact (no manifest, missing files)."""
+
+
+class OptionError(EdgeVitError):
+    """An option value out of range, or a combination of options that cannot work together."""
+
+
+class OutputError(EdgeVitError):
+    """An output path that cannot be created or written (permissions, disk full, name too long)."""

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import RunDirError
+from .errors import OutputError, RunDirError, describe, os_error_fix
 
 LIBRARIES = ("edgevit", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "numpy")
 RUN_MANIFEST = "run.json"
@@ -90,27 +90,83 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not an edgevit run directory (no {RUN_MANIFEST})",
                           "pass the --out folder of `edgevit export` or `edgevit run`")
-    return json.loads(path.read_text())
+    run = read_json(path, "run record", "re-run the command that made the run (its artifacts are kept)")
+    if not isinstance(run, dict):
+        raise RunDirError(f"{path} holds no run record (a JSON {type(run).__name__}, not an object)",
+                          "re-run the command that made the run")
+    return run
 
 
-def create_run_dir(path: Path, exist_ok: bool) -> bool:
-    """Make the run directory; refuse an existing one unless ``exist_ok``. True if it was made now."""
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """A JSON file that edgevit wrote; an unreadable or corrupt one names the file and the fix."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{what} {path} cannot be read ({describe(e)})", fix) from e
+
+
+def probe_output(path: Path, exist_ok: bool, need_bytes: int = 0) -> None:
+    """Can ``path`` become a run directory? Checked before any work, without creating anything:
+    every name fits the file system, no part of it is a file, the nearest existing folder is
+    writable and (``need_bytes``) has room."""
     path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise OutputError(f"--out {path}: the name {part[:40]}... is {len(os.fsencode(part))} bytes long",
+                              "use names of at most 255 bytes per folder")
     if path.exists():
         if not exist_ok:
             raise RunDirError(f"output directory {path} already exists",
                               "pass --exist-ok to write into it, or choose another --out")
         if not path.is_dir():
             raise RunDirError(f"output path {path} exists and is not a directory", "choose another --out")
-        return False
-    path.mkdir(parents=True)
-    return True
+    base = path
+    while not base.exists():
+        if base.is_symlink():
+            raise OutputError(f"--out {path}: {base} is a broken symbolic link", "fix the link or choose another --out")
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"--out {path} cannot be created: {base} is a file, not a folder",
+                          "choose an --out that is not under a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {path} cannot be created: {base} is not writable", "choose a folder you can write to")
+    free = shutil.disk_usage(base).free
+    if need_bytes and free < need_bytes:
+        raise OutputError(f"--out {path}: {free / 2**20:.0f} MB free on that disk, about {need_bytes / 2**20:.0f} MB "
+                          "needed", "free some space, or choose an --out on another disk")
 
 
-def remove_if_empty_run(path: Path) -> None:
-    """After a failure: drop a run directory this call created if no artifact was completed."""
+def create_run_dir(path: Path, exist_ok: bool) -> Path | None:
+    """Make the run directory; refuse an existing one unless ``exist_ok``.
+
+    Returns the topmost folder made now (``path`` or a parent it needed), or None if ``path`` existed,
+    so that a failed run can remove exactly what it created."""
+    path = Path(path)
+    probe_output(path, exist_ok)
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise OutputError(f"--out {path} cannot be created ({describe(e)})", os_error_fix(e)) from e
+    return top
+
+
+def remove_if_empty_run(path: Path, top: Path | None = None) -> None:
+    """After a failure: drop a run directory this call created if no artifact was completed
+    (and the empty parent folders made for it, up to ``top``)."""
+    path = Path(path)
     for sub in ("artifacts", "checkpoints"):  # completed artifacts and training progress are kept
         d = path / sub
         if d.is_dir() and any(not p.name.startswith(".") for p in d.iterdir()):
             return
     shutil.rmtree(path, ignore_errors=True)
+    if top is not None and top != path and top in path.parents:
+        for parent in path.parents:
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only empty folders go
+            if parent == top:
+                break

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ModelError, OfflineError
+from .errors import CheckpointError, ModelError, OfflineError, describe
 
 __all__ = ["ModelEntry", "ModelSpec", "register", "list_models", "resolve", "create_model", "load_state_dict",
            "sha256_file", "count_params", "hub_reachable"]  # timm's register_model appends resnet18_cifar
@@ -135,6 +135,20 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # other timm kwargs (depth=..., ...)
     prune: str | None = None  # token pruning/merging applied after the weights load: evit:0.7, tome:8
 
+    def __post_init__(self) -> None:
+        if self.checkpoint:  # recorded absolute, so a run validates from any working directory
+            self.checkpoint = os.path.abspath(os.path.expanduser(str(self.checkpoint)))
+
+    def check(self) -> None:
+        """Sizes that cannot work, refused before any work (the model's own defaults are checked
+        when it is built)."""
+        for flag, value in (("--img-size", self.img_size), ("--patch-size", self.patch_size),
+                            ("--num-classes", self.num_classes)):
+            if value is not None and value < 1:
+                raise ModelError(f"{flag} must be at least 1, got {value}", f"pass a positive {flag}")
+        if self.img_size and self.patch_size:
+            _check_patches(self.img_size, self.patch_size)
+
     def timm_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(self.extra)
         if self.num_classes is not None:
@@ -151,6 +165,14 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         return cls(**d)
+
+
+def _check_patches(img_size: int, patch_size: int) -> None:
+    if img_size % patch_size:
+        below, above = img_size - img_size % patch_size, img_size - img_size % patch_size + patch_size
+        raise ModelError(f"--img-size {img_size} is not a multiple of the patch size {patch_size}: the last "
+                         f"{img_size % patch_size} pixel(s) of each row and column would be dropped silently",
+                         f"pass --img-size {below or above} or {above}, or a --patch-size that divides {img_size}")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -172,6 +194,9 @@ def create_model(spec: ModelSpec) -> torch.nn.Module:
     except TypeError as e:
         raise ModelError(f"model {spec.name!r} does not accept these options: {e}",
                          "drop --img-size/--patch-size or the extra option it names") from e
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None) and getattr(pe, "patch_size", None):
+        _check_patches(int(pe.img_size[0]), int(pe.patch_size[0]))
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         state = load_state_dict(path)
@@ -201,7 +226,7 @@ def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
             raise
         raise OfflineError(
             f"cannot download pretrained weights for {spec.name!r} ({entry.timm_name}): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+            f"{describe(e)}",
             "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
             "or --no-pretrained for random weights (fine for latency, not for accuracy)",
         ) from e
@@ -260,8 +285,15 @@ def _looks_offline(e: BaseException) -> bool:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only``); accept DeiT's ``{'model': ...}`` wrappers."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file",
+                              "pass the .pth/.safetensors file inside it (a run's weights are in "
+                              "<run>/model/weights.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist", "check the path given to --checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)",
+                              "the download or save was interrupted: re-download or re-save it")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -271,7 +303,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            f"checkpoint {path} cannot be read: {describe(e)}",
             "the file is corrupt or not a PyTorch/safetensors checkpoint; re-download or re-save it "
             "(edgevit loads with weights_only=True, so pickled objects other than tensors are refused)",
         ) from e
@@ -282,6 +314,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors",
                               "save it with torch.save(model.state_dict(), path)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s): "
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}",
+            "the training that saved it diverged: use an earlier checkpoint, or retrain with a lower --lr")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

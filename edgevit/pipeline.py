@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from . import __version__
 from .bench.latency import bench_callable, bench_eager, bench_torch_gpu, default_threads
 from .bench.validate import torch_predict, validate_runners
-from .data import EMBEDDED, data_config, eval_transform, load_split
-from .errors import ArtifactError, DataError, ExportError
-from .manifest import (RUN_MANIFEST, command_line, create_run_dir, library_versions, now,
+from .data import EMBEDDED, check_classes, data_config, eval_transform, load_split
+from .errors import ArtifactError, DataError, EdgeVitError, ExportError, OptionError, describe
+from .manifest import (RUN_MANIFEST, command_line, create_run_dir, library_versions, now, probe_output,
                        remove_if_empty_run, staged_dir, write_json)
 from .models import ModelSpec, count_params, create_model
 from .progress import say
@@ -60,6 +61,28 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+
+    def check(self) -> None:
+        """Every value and combination, before any work: one clear error naming the option."""
+        from .data import SPLITS
+
+        if not self.targets:
+            raise OptionError("no --target given", "pass e.g. --target onnx (see `edgevit targets`)")
+        twice = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        if twice:
+            raise OptionError(f"--target names {', '.join(twice)} more than once",
+                              f"give each target once: --target {','.join(dict.fromkeys(self.targets))}")
+        if self.split not in SPLITS:
+            raise OptionError(f"--split {self.split!r} is not a split", f"use one of {', '.join(SPLITS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise OptionError(f"--val-fraction must be in (0, 1), got {self.val_fraction}",
+                              "use e.g. --val-fraction 0.2")
+        for flag, value, low in (("--limit", self.validate_limit, 1), ("--batch", self.batch, 1),
+                                 ("--threads", self.threads, 1), ("--iters", self.iters, 1),
+                                 ("--warmup", self.warmup, 0)):
+            if value is not None and value < low:
+                raise OptionError(f"{flag} must be at least {low}, got {value}",
+                                  f"pass {flag} {max(low, 1)} or more" + (" (or leave it out)" if low else ""))
 
 
 def check_images(data: str | None, data_cfg: dict, n: int, split: str, val_fraction: float, seed: int) -> np.ndarray:
@@ -113,18 +136,48 @@ def _checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.
 
 
 def output_check(runner, model: torch.nn.Module, sample: np.ndarray) -> dict[str, Any]:
+    """How far the artifact's logits are from PyTorch's; non-finite outputs fail, and a comparison
+    of constant logits (every class scored the same, e.g. a zero-initialised head) says it proves
+    nothing rather than passing silently."""
     ref = torch_predict(model)(sample)
     got = runner(sample)
     if got.shape != ref.shape:
         raise ExportError(f"artifact returns shape {got.shape}, PyTorch {ref.shape}", "re-export the model")
+    if not np.isfinite(got).all():
+        raise ExportError(f"the artifact outputs NaN or Inf on {int((~np.isfinite(got)).any(1).sum())} of "
+                          f"{len(sample)} real images while PyTorch's outputs are finite",
+                          "this target's graph is broken for this model: try another target and report it")
     diff = np.abs(got - ref)
-    return {"images": int(len(sample)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "rel_max_abs_diff": float(diff.max() / max(1e-12, float(np.abs(ref).max()))),
-            "top1_agreement_pct": float((got.argmax(1) == ref.argmax(1)).mean() * 100)}
+    check = {"images": int(len(sample)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+             "rel_max_abs_diff": float(diff.max() / max(1e-12, float(np.abs(ref).max()))),
+             "top1_agreement_pct": float((got.argmax(1) == ref.argmax(1)).mean() * 100)}
+    if vacuous := constant_logits(ref):
+        check["vacuous"] = vacuous
+    return check
 
 
-def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
-    """Export ``spec`` to every target in ``opts`` and validate, bench and report: returns the run dir."""
+def constant_logits(logits: np.ndarray) -> str | None:
+    """Why a comparison of these logits proves nothing (every class scored the same), or None."""
+    spread = float(np.ptp(logits, axis=1).max()) if logits.size else 0.0
+    if spread <= 1e-6 * max(1.0, float(np.abs(logits).max())):
+        return ("the float model scores every class the same on every check image (untrained or "
+                "zero-initialised head), so the output check compares constants and proves nothing")
+    return None
+
+
+def finite_reference(model: torch.nn.Module, sample: np.ndarray, spec: ModelSpec) -> None:
+    """Refuse a float model whose outputs are NaN/Inf before anything is exported from it."""
+    ref = torch_predict(model)(sample)
+    if not np.isfinite(ref).all():
+        source = f"checkpoint {spec.checkpoint}" if spec.checkpoint else (
+            "the hub weights" if spec.pretrained else "the randomly initialised weights")
+        raise ExportError(f"model {spec.name!r} with {source} outputs NaN or Inf on real images",
+                          "the weights are broken (a diverged training?): use an earlier checkpoint")
+
+
+def check_export(spec: ModelSpec, opts: ExportOptions) -> list[Target]:
+    """Every option, target and path of an export, checked before any work; returns the targets."""
+    opts.check()
     targets = [get_target(t) for t in opts.targets]  # unknown targets and options fail before any work
     for t in targets:
         t.check_available()
@@ -132,16 +185,36 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
         opts.quant.check()
     for t in targets:
         t.check_options(opts.quant)
+    spec.check()
+    probe_output(opts.out, opts.exist_ok)
+    return targets
+
+
+def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
+    """Export ``spec`` to every target in ``opts`` and validate, bench and report: returns the run dir."""
+    targets = check_export(spec, opts)
     model = model if model is not None else create_model(spec)
     model.eval()
+    cfg = data_config(model, spec.img_size)
+    if opts.data:
+        check_classes(opts.data, opts.split, getattr(model, "num_classes", None))
+    sample = check_images(opts.data, cfg, opts.check_images, opts.split, opts.val_fraction, opts.seed)
+    finite_reference(model, sample, spec)
+    options = _quant_options(opts, cfg, targets)  # calibration problems surface before the export
+    probe_output(opts.out, opts.exist_ok, need_bytes=_expected_bytes(model, targets))
     made = create_run_dir(opts.out, opts.exist_ok)
     try:
-        _export_all(spec, opts, model, targets)
+        _export_all(spec, opts, model, targets, cfg, sample, options)
     except BaseException:
         if made:
-            remove_if_empty_run(opts.out)
+            remove_if_empty_run(opts.out, made)
         raise
     return opts.out
+
+
+def _expected_bytes(model: torch.nn.Module, targets: list[Target]) -> int:
+    """A rough size of what the run writes: the weights once per target, fp32, plus the reports."""
+    return count_params(model) * 4 * len(targets) + (20 << 20)
 
 
 def run_pruned(spec: ModelSpec, opts: ExportOptions, finetune_epochs: int = 0, finetune_lr: float = 1e-4) -> Path:
@@ -158,42 +231,38 @@ def run_pruned(spec: ModelSpec, opts: ExportOptions, finetune_epochs: int = 0, f
 
 def _train_then_export(spec: ModelSpec, opts: ExportOptions, train) -> Path:
     """``train()`` into the run directory, then export what it returns; a failure removes an empty run."""
-    for t in opts.targets:
-        get_target(t).check_available()
+    check_export(spec, opts)
     made = create_run_dir(opts.out, opts.exist_ok)
     try:
         model = train()
-        opts.exist_ok = True
-        return run_export(spec, opts, model=model)
+        return run_export(spec, dataclasses.replace(opts, exist_ok=True), model=model)
     except BaseException:
         if made:
-            remove_if_empty_run(opts.out)
+            remove_if_empty_run(opts.out, made)
         raise
 
 
-def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, targets: list[Target]) -> None:
+def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, targets: list[Target],
+                cfg: dict[str, Any], sample: np.ndarray, options: dict[str, Any]) -> None:
     from .bench.report import print_summary, write_report
 
-    cfg = data_config(model, spec.img_size)
     run = {"edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
            "params": count_params(model), "data_config": cfg, "data": opts.data, "split": opts.split,
            "targets": opts.targets, "versions": library_versions(), **opts.extra}
     if getattr(model, "edgevit_prune", None):
         run["prune"] = model.edgevit_prune
     write_json(opts.out / RUN_MANIFEST, run)
-    sample = check_images(opts.data, cfg, opts.check_images, opts.split, opts.val_fraction, opts.seed)
     base_manifest = {k: run[k] for k in ("edgevit", "command", "model", "params", "data_config", "versions", "prune")
                      if k in run}
     with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
         onnx_fp32 = Path(tmp) / "float.onnx"
         say(f"exporting {spec.name} to ONNX (opset 17, dynamic batch)")
         base_manifest["onnx"] = export_onnx(model, cfg["input_size"][-1], onnx_fp32)
-        options = {**_quant_options(opts, cfg, targets), "torch_model": model, "input_size": cfg["input_size"],
-                   **opts.target_options}
+        options = {**options, "torch_model": model, "input_size": cfg["input_size"], **opts.target_options}
         if options["quant"].qat_epochs and any(t.precision == "int8" for t in targets):
             from .steps.qat import quantize_aware
 
-            say(f"QAT: {options['quant'].qat_epochs} epoch(s) of quantization-aware fine-tuning on {opts.data}")
+            say(f"QAT: {options['quant'].qat_epochs} epoch(s) of quantization-aware fine-tuning on {escape(str(opts.data))}")
             options["qat_onnx"] = Path(tmp) / "qat.onnx"
             options["reference_model"], options["qat_facts"] = quantize_aware(
                 model, spec.name, options["calib"].images, opts.data, cfg, options["quant"], opts.out,
@@ -213,14 +282,15 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
     report = write_report(opts.out)
     print_summary(opts.out)
     _engine_notice(opts.out, manifests)
-    say(f"[bold]report:[/] {report}")
+    say(f"[bold]report:[/] {escape(str(report))}")
 
 
 def _check_line(mf: dict[str, Any]) -> str:
     c = mf["check_vs_pytorch"]
     if "skipped" in c:
         return f"structure checked, not run ({c['skipped']})"
-    return f"max|Δ| vs PyTorch {c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})"
+    line = f"max|Δ| vs PyTorch {c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})"
+    return line + (f"\n    [yellow]warning: check is vacuous: {c['vacuous']}[/]" if "vacuous" in c else "")
 
 
 def _skip(t: Target) -> bool:
@@ -235,10 +305,10 @@ def _engine_notice(out: Path, manifests: list[dict[str, Any]]) -> None:
     for mf in manifests:
         e, art = mf["export"], out / "artifacts" / mf["target"]
         if e.get("engine", {}).get("built") is False:
-            say(f"[yellow bold]{mf['target']}: no TensorRT engine built here[/] ({e['engine']['reason']}).\n"
-                f"  Written: {art}/model.onnx (checked with ONNX Runtime) and build_engine.sh.\n"
-                f"  On the device: cd {art.name} && {e['trtexec']}\n"
-                f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {art}")
+            say(f"[yellow bold]{mf['target']}: no TensorRT engine built here[/] "
+                + escape(f"({e['engine']['reason']}).\n  Written: {art}/model.onnx (checked with ONNX Runtime) and "
+                         f"build_engine.sh.\n  On the device: cd {art.name} && {e['trtexec']}\n"
+                         f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {art}"))
 
 
 def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[Target]) -> dict[str, Any]:
@@ -262,7 +332,7 @@ def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[
         allowed = train_indices(source, opts.val_fraction, opts.seed)
     calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
                             allowed=allowed)
-    say(f"calibration: {len(calib.images)} images from {source} ({'cache' if calib.cached else 'built'} "
+    say(f"calibration: {len(calib.images)} images from {escape(str(source))} ({'cache' if calib.cached else 'built'} "
         f"{calib.key})")
     options["calib"] = calib
     if cfg.max_drop is not None:
@@ -284,7 +354,19 @@ def load_artifact(path: str | Path, threads: int | None = None):
     art_dir, mf = read_manifest(path)
     target = get_target(mf["target"])
     target.check_available()
-    return target, target.load(art_dir, threads), mf, art_dir
+    return target, open_runner(target, art_dir, threads), mf, art_dir
+
+
+def open_runner(target: Target, art_dir: Path, threads: int | None = None):
+    """Load an artifact's model files; a truncated or corrupt file is an ArtifactError naming it."""
+    try:
+        return target.load(art_dir, threads)
+    except EdgeVitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own kinds for a broken file
+        raise ArtifactError(f"artifact {art_dir}: {target.model_file or 'its model file'} cannot be loaded by "
+                            f"{target.backend} ({describe(e)})",
+                            "its model file is truncated or corrupt: re-run the export that made it") from e
 
 
 def float_model_for(mf: dict[str, Any]) -> torch.nn.Module:
@@ -304,6 +386,7 @@ def validate_artifacts(paths: list[Path], data: str, split: str = "test", model:
     loaded = [load_artifact(p) for p in paths]
     mf0 = _same_model([mf for _, _, mf, _ in loaded], paths)
     model = model if model is not None else float_model_for(mf0)
+    check_classes(data, split, getattr(model, "num_classes", None))
     runners = {mf["target"]: runner for _, runner, mf, _ in loaded}
     res = validate_runners(runners, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed)
     for _, runner, mf, art_dir in loaded:
@@ -338,7 +421,7 @@ def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, bat
         info: dict[str, Any] = {}
 
         def make(target=target, art_dir=art_dir, info=info):
-            runner = target.load(art_dir, threads)
+            runner = open_runner(target, art_dir, threads)
             info.update(runner.info)
             return runner
 
@@ -421,6 +504,10 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
     if train_ds.classes and len(train_ds.classes) != n_cls:
         raise DataError(f"{data} has {len(train_ds.classes)} classes but {spec.name} was built for {n_cls}",
                           f"pass --num-classes {len(train_ds.classes)}")
+    if len(set(train_ds.targets)) == 1:
+        say(f"[yellow]warning:[/] the training images of {escape(str(data))} all have one label "
+            f"({escape(str((train_ds.classes or ['0'])[train_ds.targets[0]]))}): the model can only learn to "
+            "predict it. Check the folder layout (one sub-folder per class).")
     check_student(model, cfg.distillation, spec.name)  # before the (possibly downloaded) teacher
     teacher = (load_teacher(cfg.teacher, cfg.teacher_checkpoint, n_cls)
                if cfg.distillation != "none" else None)
@@ -432,13 +519,13 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
                 "edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
                 "params": count_params(model), "data_config": dcfg, "data": str(data), "split": split,
                 "train": dataclasses.asdict(cfg), "versions": library_versions(), "targets": []})
-            say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {data}: {len(train_ds)} "
+            say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {escape(str(data))}: {len(train_ds)} "
                 f"train / {len(val_ds)} {split} images, {cfg.epochs} epoch(s), distillation {cfg.distillation}")
         fit(model, train_ds, val_ds, cfg, out, dcfg, n_cls, spec.name, teacher=teacher, resume=resume,
             spec=spec.to_dict())
     except BaseException:
         if made:
-            remove_if_empty_run(out)
+            remove_if_empty_run(out, made)
         raise
     weights = out / "model" / "weights.safetensors"
     if rank == 0:

@@ -13,7 +13,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from .errors import RecipeError
+from .errors import RecipeError, describe
 from .steps.quantize import QuantConfig
 from .targets.tensorrt import EngineOptions
 from .steps.train import TrainConfig
@@ -67,10 +67,20 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _build(cls, raw: Any, where: str, file: str):
+class _Problems(list):
+    """Every mistake found in one recipe, so that all of them are reported at once."""
+
+    def add(self, what: str, fix: str) -> None:
+        self.append((what, fix))
+
+
+def _build(cls, raw: Any, where: str, file: str, problems: _Problems | None = None):
+    own = problems is None
+    problems = _Problems() if problems is None else problems
     if not isinstance(raw, dict):
-        raise RecipeError(f"{file}: field '{where}' must be a mapping, got {type(raw).__name__}",
-                          f"write it as '{where.split('.')[-1]}:' followed by indented 'key: value' lines")
+        problems.add(f"field '{where}' must be a mapping, got {type(raw).__name__}",
+                     f"write it as '{where.split('.')[-1]}:' followed by indented 'key: value' lines")
+        return _raise_all(problems, file) if own else None
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -78,23 +88,45 @@ def _build(cls, raw: Any, where: str, file: str):
         path = f"{where}.{key}" if where else str(key)
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            raise RecipeError(f"{file}: unknown field '{path}'",
-                              f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(known))}")
-        kwargs[key] = _convert(hints[key], value, path, file)
-    return cls(**kwargs)
+            problems.add(f"unknown field '{path}'",
+                         f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(known))}")
+            continue
+        kwargs[key] = _convert(hints[key], value, path, file, problems)
+    if own:
+        _raise_all(problems, file)
+    return None if problems else cls(**kwargs)
 
 
-def _convert(hint, value, path: str, file: str):
+def _raise_all(problems: _Problems, file: str) -> None:
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise RecipeError(f"{file}: {problems[0][0]}", problems[0][1])
+    lines = "".join(f"\n  {i}. {what} ({fix})" for i, (what, fix) in enumerate(problems, 1))
+    raise RecipeError(f"{file}: {len(problems)} problems:{lines}", "fix each field named above")
+
+
+def _convert(hint, value, path: str, file: str, problems: _Problems | None = None):
+    own = problems is None
+    problems = _Problems() if problems is None else problems
+    result = _convert_one(hint, value, path, file, problems)
+    if own:
+        _raise_all(problems, file)
+    return result
+
+
+def _convert_one(hint, value, path: str, file: str, problems: _Problems):
     sections = {ModelSection, DataSection, TrainConfig, QuantConfig, EngineOptions, BenchSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
         if type(None) in args:
             return None
-        raise RecipeError(f"{file}: field '{path}' cannot be empty", "give it a value or delete the line")
+        problems.add(f"field '{path}' cannot be empty", "give it a value or delete the line")
+        return None
     for t in inner:
         if t in sections:
-            return _build(t, value, path, file)
+            return _build(t, value, path, file, problems)
     want = inner[0] if inner else hint
     ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -102,20 +134,28 @@ def _convert(hint, value, path: str, file: str):
           list: lambda v: isinstance(v, list), dict: lambda v: isinstance(v, dict)}
     check = ok.get(getattr(want, "__origin__", want))
     if check and not check(value):
-        raise RecipeError(f"{file}: field '{path}' must be {getattr(want, '__name__', want)}, got {value!r}",
-                          f"fix the value of '{path.split('.')[-1]}'")
+        problems.add(f"field '{path}' must be {getattr(want, '__name__', want)}, got {value!r}",
+                     f"fix the value of '{path.split('.')[-1]}'")
+        return None
     return float(value) if want is float else value
 
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder", "pass a recipe .yaml file (see recipes/)")
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist", "see recipes/ for examples")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path} is not a text file ({describe(e)})", "pass a YAML recipe") from e
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})", "fix the syntax at the line it names") from e
-    return _build(Recipe, raw or {}, "", str(path))
+        raise RecipeError(f"{path}: not valid YAML:\n{e}", "fix the syntax at the line it names") from e
+    if raw is None or raw == {}:
+        raise RecipeError(f"recipe {path} is empty", "copy one from recipes/ and edit it; an empty recipe would "
+                          "silently run every default")
+    return _build(Recipe, raw, "", str(path))
 
 
 def quickstart_recipe() -> Recipe:

@@ -141,3 +141,49 @@ def test_cifar100_layout(tmp_path):
     train = load_split(root, "train")
     assert len(train) == 8 and train.targets[0] == 99 and len(train.classes) == 100
     assert len(load_split(root, "test")) == 4
+
+
+def test_every_format_pillow_reads_is_used_and_other_files_are_named(tmp_path, capsys):
+    from PIL import Image
+
+    from edgevit.data import ImageFolder
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, per_class=1)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "class_0" / "anim.gif")
+    Image.new("RGB", (8, 8)).save(root / "class_1" / "icon.tga")
+    (root / "class_1" / "labels.txt").write_text("not an image")
+    (root / "class_1" / ".DS_Store").write_bytes(b"\0")
+    ds = ImageFolder(root)
+    names = sorted(p.name for p, _ in ds.samples)
+    assert "anim.gif" in names and "icon.tga" in names and len(ds) == 4
+    assert ds[names.index("anim.gif")][0].mode == "RGB"
+    err = capsys.readouterr().err
+    assert "skipped 1 file(s) that are not images" in err and "labels.txt" in err and "DS_Store" not in err
+
+
+def test_one_image_per_class_still_has_a_validation_split(tmp_path):
+    from edgevit.data import load_split
+
+    root = write_image_folder(tmp_path / "imgs", classes=20, per_class=1)
+    val = load_split(root, "test", val_fraction=0.2)
+    train = load_split(root, "train", val_fraction=0.2)
+    assert len(val) == 4 and len(train) == 16
+    assert not set(val.indices) & set(train.indices)
+    assert len(load_split(root, "all")) == 20
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path):
+    from edgevit.data import load_split
+    from edgevit.errors import DataError
+
+    root = write_image_folder(tmp_path / "imgs", classes=1, per_class=1)
+    with pytest.raises(DataError, match="split of .* is empty"):
+        load_split(root, "test", val_fraction=0.2)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "imagenet-sample").is_dir(), reason="needs ../shared/data/imagenet-sample")
+def test_imagenet_sample_splits_for_validation():
+    from edgevit.data import load_split
+
+    val = load_split(SHARED_DATA / "imagenet-sample", "test", val_fraction=0.2)
+    assert len(val) == 200 and len(set(val.targets)) == 200

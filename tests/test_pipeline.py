@@ -130,3 +130,81 @@ def test_artifacts_of_different_models_are_not_mixed(tmp_path):
 def test_api_accepts_a_string_output_path(tmp_path):
     out = run_export(tiny_spec(), ExportOptions(targets=["onnx"], out=str(tmp_path / "s"), bench=False))
     assert (out / "artifacts" / "onnx" / "model.onnx").is_file()
+
+
+def test_non_finite_artifact_outputs_fail_the_check():
+    import numpy as np
+    import torch
+
+    from edgevit.models import create_model
+    from edgevit.pipeline import output_check
+
+    model = create_model(tiny_spec())
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        good = model(torch.from_numpy(x)).numpy()
+    assert "vacuous" not in output_check(lambda a: good, model, x)
+    bad = good.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ExportError, match="NaN or Inf on 1 of 4"):
+        output_check(lambda a: bad, model, x)
+
+
+def test_non_finite_model_is_refused_before_any_export(tmp_path, tiny_checkpoint):
+    import torch
+
+    from edgevit.models import create_model
+
+    model = create_model(tiny_spec(checkpoint=str(tiny_checkpoint)))
+    with torch.no_grad():
+        model.head.bias.fill_(float("inf"))
+    out = tmp_path / "run"
+    with pytest.raises(ExportError, match="tiny.pth outputs NaN or Inf"):
+        run_export(tiny_spec(checkpoint=str(tiny_checkpoint)), _opts(out), model=model)
+    assert not out.exists()
+
+
+def test_constant_logits_make_the_check_say_it_is_vacuous(tmp_path):
+    import torch
+
+    from edgevit.models import create_model
+
+    model = create_model(tiny_spec())
+    with torch.no_grad():  # timm zero-initialises some heads (MLP-Mixer): every class scores the same
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    run = run_export(tiny_spec(), _opts(tmp_path / "run"), model=model)
+    import json
+
+    check = json.loads((run / "artifacts" / "onnx" / "manifest.json").read_text())["check_vs_pytorch"]
+    assert "proves nothing" in check["vacuous"]
+
+
+def test_relative_checkpoint_is_recorded_absolute(tmp_path, monkeypatch, tiny_checkpoint):
+    import json
+    import shutil
+
+    shutil.copy(tiny_checkpoint, tmp_path / "w.pth")
+    monkeypatch.chdir(tmp_path)
+    run = run_export(tiny_spec(checkpoint="w.pth"), _opts(tmp_path / "run"))
+    recorded = json.loads((run / "run.json").read_text())["model"]["checkpoint"]
+    assert recorded == str(tmp_path / "w.pth")
+    monkeypatch.chdir("/")
+    from edgevit.pipeline import validate_artifacts
+
+    res = validate_artifacts([run / "artifacts" / "onnx"], "digits", "val", limit=10)
+    assert res["onnx"]["images"] == 10
+
+
+def test_failed_run_removes_the_parents_it_made(tmp_path, monkeypatch):
+    from edgevit import pipeline
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "_export_all", fail)
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "a" / "b" / "c" / "run"
+    with pytest.raises(OSError):
+        run_export(tiny_spec(), _opts(out))
+    assert (tmp_path / "a").is_dir() and not (tmp_path / "a" / "b").exists()

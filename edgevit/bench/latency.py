@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..errors import describe
 from ..progress import progress_bar
 
 
@@ -149,7 +150,7 @@ def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: i
         except Exception as e:  # noqa: BLE001 - torch.compile fails in many ways; eager rows still stand
             if not compiled:
                 raise
-            rows.append({"name": name, "backend": "pytorch", "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            rows.append({"name": name, "backend": "pytorch", "error": describe(e)})
             continue
         rows.append({"name": name, "backend": "pytorch", "precision": tag.split("-")[0],
                      "runtime_precision": tag.split("-")[0], "device": dev.type,

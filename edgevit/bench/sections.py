@@ -3,14 +3,15 @@ packages (TensorRT engines, CoreML packages: built or not, checked how)."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from ..manifest import read_json
+
 
 def load_json(path: Path) -> dict[str, Any]:
-    """A results or manifest file, {} when it does not exist (yet)."""
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A results or manifest file, {} when it does not exist (yet); a corrupt one names itself."""
+    return read_json(path, "results file", "re-run the step that wrote it (or delete it)") if path.exists() else {}
 
 
 def _manifests(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from .readers import Cifar, Digits, ImageFolder, Transformed, load_image, read_c
 
 __all__ = [
     "Cifar", "Digits", "ImageFolder", "Transformed", "load_image", "read_cifar_batch",
-    "open_source", "load_split", "split_indices", "data_config", "eval_transform", "make_loader",
+    "open_source", "load_split", "check_classes", "split_indices", "data_config", "eval_transform", "make_loader",
     "EMBEDDED",
 ]
 
@@ -39,8 +39,10 @@ def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
         raise DataError(f"data source {path} does not exist",
                         f"pass an ImageFolder or CIFAR folder, or '{EMBEDDED}' for the embedded digits")
     if path.is_file():
-        raise DataError(f"data source {path} is a file",
-                        "pass the folder that holds the CIFAR batches or the class folders")
+        archive = path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip", ".tar.xz", ".tar.bz2"))
+        raise DataError(f"data source {path} is {'an archive' if archive else 'a file'}, not a folder",
+                        f"unpack it first (e.g. tar -xzf {path.name}) and pass the folder it makes"
+                        if archive else "pass the folder that holds the CIFAR batches or the class folders")
     if any((path / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test")):
         return Cifar(path, "train" if split == "train" else "test"), True  # val and test: the test batch
     sub = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"],
@@ -58,18 +60,31 @@ def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
 
 
 def split_indices(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified, deterministic train/val split: the same seed gives the same split everywhere."""
+    """Stratified, deterministic train/val split: the same seed gives the same split everywhere.
+
+    Classes with one image cannot be split; they are pooled and ``val_fraction`` of the pool goes to
+    validation, so a folder with one image per class (ImageNet's 1,000-image sample) still gets a
+    validation split of about ``val_fraction`` of its images."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}", "use e.g. --val-fraction 0.2")
     rng = np.random.default_rng(seed)
     targets_arr = np.asarray(targets)
-    train, val = [], []
+    train, val, singles = [], [], []
     for c in np.unique(targets_arr):
         idx = np.flatnonzero(targets_arr == c)
+        if len(idx) == 1:
+            singles.append(int(idx[0]))
+            continue
         rng.shuffle(idx)
-        n_val = max(1, int(round(len(idx) * val_fraction))) if len(idx) > 1 else 0
+        n_val = max(1, int(round(len(idx) * val_fraction)))
         val += idx[:n_val].tolist()
         train += idx[n_val:].tolist()
+    if singles:
+        pool = np.array(singles)
+        rng.shuffle(pool)
+        n_val = int(round(len(pool) * val_fraction))
+        val += pool[:n_val].tolist()
+        train += pool[n_val:].tolist()
     return sorted(train), sorted(val)
 
 
@@ -78,6 +93,8 @@ def load_split(source: str | Path, split: str, transform=None, val_fraction: flo
     """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}", "leave it out to use every image")
     base, native = open_source(source, split if split in ("train", "val", "test") else "all")
     indices: list[int] | None = None
     if not native and split != "all":
@@ -88,7 +105,24 @@ def load_split(source: str | Path, split: str, transform=None, val_fraction: flo
         frac = limit / len(pool)
         _, keep = split_indices([base.targets[i] for i in pool], frac, seed)
         indices = [pool[i] for i in keep][:limit]
-    return Transformed(base, indices, transform)
+    ds = Transformed(base, indices, transform)
+    if not len(ds):
+        raise DataError(f"the {split} split of {source} is empty ({len(base)} images in all)",
+                        "pass --split all to use every image, or add images" if split != "all"
+                        else "add images")
+    return ds
+
+
+def check_classes(source: str | Path, split: str, num_classes: int | None) -> None:
+    """Refuse labelled data with more classes than the model predicts (its accuracy would count
+    labels the model can never output)."""
+    if not num_classes:
+        return
+    base, _ = open_source(source, split if split in ("train", "val", "test") else "all")
+    n = len(base.classes) if getattr(base, "classes", None) else max(base.targets) + 1
+    if n > num_classes:
+        raise DataError(f"{source} has {n} classes but the model predicts {num_classes}",
+                        f"pass --num-classes {n} with weights trained for them, or data of the model's classes")
 
 
 def data_config(model: torch.nn.Module, img_size: int | None = None) -> dict[str, Any]:

@@ -13,9 +13,65 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, describe
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _pillow_extensions() -> tuple[str, ...]:
+    """Every extension of a format Pillow can open (GIF, ICO, TGA, ... as well as the common ones)."""
+    Image.init()
+    found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return COMMON_EXTENSIONS + tuple(sorted(found - set(COMMON_EXTENSIONS)))
+
+
+IMG_EXTENSIONS = _pillow_extensions()
+
+
+def image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """(images, other files) in ``folder``; hidden files are neither."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    images, other = [], []
+    for p in sorted(found):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        (images if p.suffix.lower() in IMG_EXTENSIONS else other).append(p)
+    return images, other
+
+
+def warn_skipped(folder: Path, other: list[Path]) -> None:
+    """Say which files were not read as images, instead of skipping them without a word."""
+    if other:
+        from rich.markup import escape
+
+        from ..progress import say
+
+        kinds = sorted({p.suffix.lower() or "(no extension)" for p in other})
+        say(f"[yellow]note:[/] {escape(str(folder))}: skipped {len(other)} file(s) that are not images "
+            f"({escape(', '.join(kinds[:6]))}), e.g. {escape(str(other[0]))}")
+
+
+def image_bytes(path: Path) -> bytes:
+    """The raw bytes of an image file; unreadable files (a symlink loop, no permission) are a DataError."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"image {path} cannot be read ({describe(e)})",
+                        "remove or replace that file; edgevit does not skip images silently") from e
+
+
+def image_mode(path: Path) -> str:
+    """Pillow's mode of an image ('RGB', 'L', ...) without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _undecodable(path, e) from e
+
+
+def _undecodable(path: Path, e: BaseException) -> DataError:
+    return DataError(f"image {path} cannot be decoded ({describe(e)})",
+                     "remove or replace that file; edgevit does not skip images silently")
 
 
 class ImageFolder(Dataset):
@@ -27,9 +83,12 @@ class ImageFolder(Dataset):
             raise DataError(f"data folder {self.root} does not exist", "check the path given to --data")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         self.samples: list[tuple[Path, int]] = []
+        skipped: list[Path] = []
         for idx, cls in enumerate(self.classes):
-            files = sorted(p for p in (self.root / cls).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            files, other = image_files(self.root / cls, recursive=True)
             self.samples += [(p, idx) for p in files]
+            skipped += other
+        warn_skipped(self.root, skipped)
         if not self.samples:
             raise DataError(
                 f"data folder {self.root} holds no images in class sub-folders",
@@ -49,9 +108,8 @@ def load_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"image {path} cannot be decoded ({type(e).__name__}: {e})",
-                        "remove or replace that file; edgevit does not skip images silently") from e
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise _undecodable(path, e) from e
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -78,7 +136,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     except FileNotFoundError as e:
         raise DataError(f"CIFAR file {path} does not exist", fix) from e
     except Exception as e:
-        raise DataError(f"{path} is not a CIFAR pickle ({type(e).__name__}: {e})", fix) from e
+        raise DataError(f"{path} is not a CIFAR pickle ({describe(e)})", fix) from e
     if not isinstance(d, dict):
         raise DataError(f"{path} is not a CIFAR pickle (holds {type(d).__name__}, not a dict)", fix)
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, describe
 
 FORMAT = "edgevit-train"
 VERSION = 1
@@ -47,8 +47,7 @@ def load_checkpoint(path: Path, model_name: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"training checkpoint {path} cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]})",
+        raise CheckpointError(f"training checkpoint {path} cannot be read ({describe(e)})",
                               "it is corrupt; delete it to start over (the run's weights are in model/)") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an edgevit training checkpoint",

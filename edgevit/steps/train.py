@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..bench.validate import accuracy_row
-from ..errors import EdgeVitError
+from ..errors import EdgeVitError, describe
 from ..progress import progress_bar, say
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import KINDS, DistillationError, DistillationLoss, TeacherInput, check_student
@@ -64,6 +64,30 @@ class TrainConfig:
     teacher_checkpoint: str | None = None
     alpha: float = 0.5  # weight of the distillation term (DeiT soft: 0.1, hard: 0.5)
     tau: float = 1.0  # soft-distillation temperature (DeiT: 3.0)
+
+
+RUNTIME_ONLY = ("workers", "threads")  # may change between a run and its resume
+
+
+def resume_config(run_dir: Path, model_name: str, explicit: dict[str, Any]) -> TrainConfig:
+    """The training options of the run in ``run_dir`` (its last checkpoint), for ``--resume``.
+
+    Options given again must equal the run's: the restored optimizer and schedule keep the run's
+    length and rates, so another ``--epochs`` would be recorded but not obeyed."""
+    from ..errors import CheckpointError
+
+    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+    saved = dict(load_checkpoint(ckpt, model_name).get("config") or {})
+    changed = [f"{k} {v!r} (the run has {saved[k]!r})" for k, v in explicit.items()
+               if k in saved and k not in RUNTIME_ONLY and saved[k] != v]
+    if changed:
+        raise CheckpointError(
+            f"--resume continues {run_dir} with the options it started with, but these differ: "
+            f"{'; '.join(changed)}",
+            f"leave them out to continue the run, or start a new run from its weights: --out NEW "
+            f"--checkpoint {Path(run_dir) / 'model' / 'weights.safetensors'}")
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **explicit})
 
 
 def _posterize_compat() -> None:
@@ -348,7 +372,7 @@ def _restore(p: Parts, state: dict[str, Any]) -> None:
         if p.scaler is not None and state.get("scaler") is not None:
             p.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"the training checkpoint does not fit this run ({str(e).splitlines()[0][:200]})",
+        raise CheckpointError(f"the training checkpoint does not fit this run ({describe(e)})",
                               "resume with the options the run started with (model, --num-classes, sizes)") from e
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ArtifactError, TargetError
+from ..errors import ArtifactError, TargetError, describe
 
 MANIFEST = "manifest.json"
 
@@ -74,15 +74,28 @@ class Target:
         return sum(p.stat().st_size for p in self.files(art_dir))
 
 
+REQUIRED_KEYS = ("target", "model", "data_config", "precision")
+
+
 def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Artifact directory (or a file inside it) -> (directory, manifest)."""
+    """Artifact directory (or a file inside it) -> (directory, manifest); a broken artifact (corrupt
+    or incomplete manifest, missing model file) is an ArtifactError naming what is wrong."""
     p = Path(path)
     art_dir = p if p.is_dir() else p.parent
     mf = art_dir / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{p} is not an edgevit artifact (no {MANIFEST} beside it)",
                             "pass a directory made by `edgevit export`, e.g. runs/<name>/artifacts/onnx")
+    fix = "re-run the export that made it (artifacts are never edited by hand)"
     try:
-        return art_dir, json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{mf} is not valid JSON ({e})", "re-run the export that made it") from e
+        data = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{mf} cannot be read ({describe(e)})", fix) from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{mf} holds no manifest (a JSON {type(data).__name__}, not an object)", fix)
+    if missing := [k for k in REQUIRED_KEYS if k not in data]:
+        raise ArtifactError(f"{mf} is incomplete: no {', '.join(repr(k) for k in missing)}", fix)
+    lost = [f for f in data.get("files", []) if not (art_dir / f).is_file()]
+    if lost:
+        raise ArtifactError(f"artifact {art_dir} is missing {', '.join(lost)} (listed in its manifest)", fix)
+    return art_dir, data
