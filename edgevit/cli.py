@@ -8,19 +8,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from .errors import EdgeVitError, describe, os_error_fix
+from .progress import console as err
+from .progress import stdout_console, table
 
 app = typer.Typer(
     help="Vision Transformers from training to the edge device.\n\n"
          "Start offline with `edgevit quickstart`; export a model with "
          "`edgevit export --model deit_tiny --target openvino --checkpoint weights.pth --data val/`.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+out = stdout_console()
 
 
 def print_error(what: str, fix: str | None = None) -> None:
@@ -79,7 +78,7 @@ def models():
     """List the model zoo's short names (any timm model name works as well)."""
     from .models import list_models
 
-    t = Table("name", "timm model", "family", "params M", "ImageNet top-1", "note", title="edgevit models")
+    t = table("name", "timm model", "family", "params M", "ImageNet top-1", "note", title="edgevit models")
     for m in list_models():
         t.add_row(m.name, m.timm_name, m.family, f"{m.params_m:.1f}",
                   f"{m.imagenet_top1:.1f}" if m.imagenet_top1 else "—", m.note)
@@ -92,7 +91,7 @@ def targets():
     """List export targets, their backend and whether it is installed here."""
     from .targets import PLANNED, list_targets
 
-    t = Table("target", "backend", "precision", "status", "what it makes", title="edgevit targets")
+    t = table("target", "backend", "precision", "status", "what it makes", title="edgevit targets")
     for tg in list_targets():
         miss = tg.missing()
         t.add_row(tg.name, tg.backend, tg.precision,
@@ -253,7 +252,7 @@ def validate(
 
     res = validate_artifacts(list(artifacts), data, split, limit=limit, val_fraction=val_fraction, seed=seed,
                              batch_size=batch_size)
-    t = Table("artifact", "images", "top-1", "float top-1", "drop pts", "agreement %", "top-5", "max |Δlogit|")
+    t = table("artifact", "images", "top-1", "float top-1", "drop pts", "agreement %", "top-5", "max |Δlogit|")
     for name, r in res.items():
         t.add_row(name, str(r["images"]), f"{r['top1']:.2f}", f"{r['float_top1']:.2f}", f"{r['top1_drop_pts']:+.2f}",
                   f"{r['agreement_pct']:.2f}", f"{r['top5']:.2f}", f"{r['max_abs_logit_diff']:.2e}")
@@ -281,7 +280,7 @@ def bench_cmd(
 
     rows = bench_artifacts(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
                            reference=reference, gpu=gpu)
-    t = Table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB")
+    t = table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB")
     for r in rows:
         t.add_row(r["name"], str(r.get("runtime_precision")), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", f"{r['throughput_ips']:.1f}", f"{r.get('speedup_vs_eager', 1):.2f}",
@@ -503,20 +502,22 @@ def distill(
 def quickstart(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart (-2, -3... if taken)"),
     exist_ok: bool = typer.Option(False, help="write into an existing output directory"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default 20)"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="training epochs (default: as many as fit a 5-minute run "
+                                                           "on this machine, 3 to 20; it prints its estimate)"),
 ):
     """Offline demo: train a small DeiT-Ti on the embedded digits, export to every target, validate, bench, report."""
     from .pipeline import run_recipe
-    from .recipe import quickstart_recipe
+    from .quickstart import quickstart_recipe
 
-    r = quickstart_recipe()
+    r, _ = quickstart_recipe(epochs=epochs)
     r.out = str(out_dir or _fresh(Path(r.out)))
-    if epochs is not None:
-        r.train.epochs = epochs
     run_recipe(r, exist_ok=exist_ok)
 
 
 def main() -> None:  # console-script entry point
+    from .quiet import silence_third_party
+
+    silence_third_party()
     app()
 
 

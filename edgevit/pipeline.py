@@ -119,7 +119,8 @@ def _checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.
                      manifest: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
     reference = options.get("reference_model") if target.precision == "int8" else None
-    check = output_check(runner, reference if reference is not None else model, sample)
+    check = (output_check(runner, reference, sample) if reference is not None
+             else output_check(runner, model, sample, ref=options.get("float_logits")))
     check["reference"] = "the fake-quantized QAT model" if reference is not None else "the float model"
     precision = target.precision if target.precision == "int8" else runner.info.get("precision")
     tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
@@ -135,11 +136,12 @@ def _checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.
     return check
 
 
-def output_check(runner, model: torch.nn.Module, sample: np.ndarray) -> dict[str, Any]:
-    """How far the artifact's logits are from PyTorch's; non-finite outputs fail, and a comparison
-    of constant logits (every class scored the same, e.g. a zero-initialised head) says it proves
-    nothing rather than passing silently."""
-    ref = torch_predict(model)(sample)
+def output_check(runner, model: torch.nn.Module, sample: np.ndarray, ref: np.ndarray | None = None
+                 ) -> dict[str, Any]:
+    """How far the artifact's logits are from PyTorch's (``ref``: the model's logits on ``sample``,
+    when already computed); non-finite outputs fail, and a comparison of constant logits (every
+    class scored the same, e.g. a zero-initialised head) says it proves nothing."""
+    ref = torch_predict(model)(sample) if ref is None else ref
     got = runner(sample)
     if got.shape != ref.shape:
         raise ExportError(f"artifact returns shape {got.shape}, PyTorch {ref.shape}", "re-export the model")
@@ -165,14 +167,16 @@ def constant_logits(logits: np.ndarray) -> str | None:
     return None
 
 
-def finite_reference(model: torch.nn.Module, sample: np.ndarray, spec: ModelSpec) -> None:
-    """Refuse a float model whose outputs are NaN/Inf before anything is exported from it."""
+def finite_reference(model: torch.nn.Module, sample: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The float model's logits on the check images, computed once for every target's check;
+    a model whose outputs are NaN/Inf is refused before anything is exported from it."""
     ref = torch_predict(model)(sample)
     if not np.isfinite(ref).all():
         source = f"checkpoint {spec.checkpoint}" if spec.checkpoint else (
             "the hub weights" if spec.pretrained else "the randomly initialised weights")
         raise ExportError(f"model {spec.name!r} with {source} outputs NaN or Inf on real images",
                           "the weights are broken (a diverged training?): use an earlier checkpoint")
+    return ref
 
 
 def check_export(spec: ModelSpec, opts: ExportOptions) -> list[Target]:
@@ -199,8 +203,9 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
     if opts.data:
         check_classes(opts.data, opts.split, getattr(model, "num_classes", None))
     sample = check_images(opts.data, cfg, opts.check_images, opts.split, opts.val_fraction, opts.seed)
-    finite_reference(model, sample, spec)
+    float_logits = finite_reference(model, sample, spec)
     options = _quant_options(opts, cfg, targets)  # calibration problems surface before the export
+    options["float_logits"] = float_logits
     probe_output(opts.out, opts.exist_ok, need_bytes=_expected_bytes(model, targets))
     made = create_run_dir(opts.out, opts.exist_ok)
     try:

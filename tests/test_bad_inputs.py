@@ -274,7 +274,11 @@ def results(inputs, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("rows")
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {row.id: pool.submit(_run_row, row, inputs, base) for row in ROWS}
-        return {k: fut.result() for k, fut in futures.items()}
+        done = {k: fut.result() for k, fut in futures.items()}
+    if log := os.environ.get("EDGEVIT_BAD_INPUTS_LOG"):  # what each row printed, for reading by a person
+        Path(log).write_text("".join(f"## {k}\n$ edgevit {' '.join(r.get('argv', []))}\n{r.get('output', r)}\n"
+                                     for k, r in done.items()))
+    return done
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])

@@ -1,8 +1,9 @@
 """Quantization-aware training with NNCF's PyTorch backend, exported as a Q/DQ ONNX.
 
 1. ``nncf.quantize`` inserts trainable fake-quantizers, initialised from the calibration images
-   (transformer model type, symmetric "performance" preset, classifier head kept float, no 7-bit
-   overflow fix: the int8 grid TensorRT and OpenVINO use).
+   (transformer model type, symmetric "performance" preset, classifier head kept float; no 7-bit
+   overflow fix, the int8 grid TensorRT and OpenVINO use, except on an x86 CPU without VNNI, where
+   CPU int8 kernels saturate with 8-bit weights: see :func:`int8_saturates_here`).
 2. The fake-quantized model is fine-tuned by edgevit's training engine (checkpoints, history),
    optionally distilled from the float model itself (soft KD on the logits, as FasterTransformer's
    ViT int8 QAT does).
@@ -23,6 +24,7 @@ import torch
 
 from ..errors import DataError
 from ..targets.onnx import INPUT, OPSET, OUTPUT
+from .nncf_ext import ensure_nncf_extensions
 
 
 def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: str, data_cfg: dict[str, Any],
@@ -39,10 +41,13 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
     if not data:
         raise DataError("QAT (--qat-epochs) needs labelled training images", "pass --data (its train split is used)")
     logging.getLogger("nncf").setLevel(logging.WARNING)
+    kernels = ensure_nncf_extensions()  # NNCF's first C++ build, with a limit that does not depend on machine speed
     float_model = copy.deepcopy(model).eval()
     for p in float_model.parameters():
         p.requires_grad_(False)
-    adv = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.DISABLE)
+    overflow = int8_saturates_here()
+    adv = nncf.AdvancedQuantizationParameters(
+        overflow_fix=nncf.OverflowFix.ENABLE if overflow else nncf.OverflowFix.DISABLE)
     dataset = nncf.Dataset([torch.from_numpy(calib[i:i + 1]) for i in range(len(calib))])
     qmodel = nncf.quantize(copy.deepcopy(model).eval(), dataset, subset_size=len(calib),
                            model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
@@ -60,7 +65,28 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
     return qmodel, {"qat": {"epochs": tcfg.epochs, "lr": tcfg.lr, "batch_size": tcfg.batch_size,
                     "distillation": "soft KD from the float model" if qcfg.qat_distill else "none",
                     "train_images": len(train_ds), "final_train_loss": history[-1]["train_loss"] if history else None,
-                    "quantizers": n, "tool": f"nncf {nncf.__version__} (torch)"}}
+                    "quantizers": n, "tool": f"nncf {nncf.__version__} (torch)",
+                    "overflow_fix": ("7-bit weights: this CPU has no VNNI, where 8-bit int8 kernels saturate"
+                                     if overflow else "off: full 8-bit weights"),
+                    "nncf_kernels": {kind: k["kernels"] for kind, k in kernels.items()}}}
+
+
+def int8_saturates_here() -> bool:
+    """True on an x86 CPU without VNNI (AVX2, AVX-512 before VNNI): there ONNX Runtime's and
+    OpenVINO's int8 kernels sum u8×s8 pairs in int16 (VPMADDUBSW), which saturates with full-range
+    8-bit weights, so their outputs drift from the fake-quantized model (12-53 % of the largest
+    logit measured for a QAT DeiT-Ti on AVX2). NNCF's overflow fix (7-bit weights) keeps the sums
+    exact there; VNNI CPUs, GPUs and ARM keep the full 8-bit grid."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def _quantizers(qmodel) -> dict[str, Any]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -149,10 +150,18 @@ class _Reader:
 def quantize_onnx(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | None, cfg: QuantConfig,
                   exclude: list[str], range_cache: Path | None = None) -> dict[str, Any]:
     """Write the int8 ONNX of ``form`` to ``dst``; ``range_cache`` reuses calibrated ranges."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from ..targets.onnx import external_data_facts, has_external_data
 
     layers = onnx_layers(onnx_fp32, cfg, with_conv=form != "ort-dynamic")
+    large = has_external_data(onnx_fp32)  # then the int8 model keeps its tensors in <dst>.data too
     keep = [n for n in layers if n in set(exclude) | set(cfg.exclude)]
     quantize = [n for n in layers if n not in keep]
     facts: dict[str, Any] = {"form": form, "layers": len(layers), "float_layers": [pretty(n) for n in keep]}
@@ -164,9 +173,9 @@ def quantize_onnx(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | Non
         if form == "ort-dynamic":
             quantize_dynamic(onnx_fp32, dst, weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
                              nodes_to_quantize=quantize, op_types_to_quantize=["MatMul", "Gemm"],
-                             extra_options={"MatMulConstBOnly": False})
-            return {**facts, "activations": "dynamic per batch (uint8)", "weights": "int8 per-channel"
-                    if cfg.per_channel else "int8 per-tensor", "calibrator": None}
+                             extra_options={"MatMulConstBOnly": False}, use_external_data_format=large)
+            return {**facts, **external_data_facts(dst), "activations": "dynamic per batch (uint8)",
+                    "weights": "int8 per-channel" if cfg.per_channel else "int8 per-tensor", "calibrator": None}
         method = calibrator_for(form, cfg)
         trt = form == "trt-qdq"
         ops = ["MatMul", "Gemm", "Conv"] + (["LayerNormalization", "Softmax"] if cfg.quantize_norms else [])
@@ -186,10 +195,11 @@ def quantize_onnx(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | Non
                             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                               "percentile": CalibrationMethod.Percentile,
                                               "distribution": CalibrationMethod.Distribution}[method],
-                            extra_options=extra, calibration_cache_path=range_cache)
+                            extra_options=extra, calibration_cache_path=range_cache,
+                            use_external_data_format=large)
     finally:
         root.level = level
-    return {**facts, "calibrator": method, "calib_images": None if calib is None else int(len(calib)),
+    return {**facts, **external_data_facts(dst), "calibrator": method, "calib_images": None if calib is None else len(calib),
             "activations": "int8 symmetric per-tensor" if trt else "uint8 asymmetric per-tensor",
             "weights": "int8 symmetric per-channel" if cfg.per_channel else "int8 symmetric per-tensor"}
 
@@ -223,8 +233,10 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
     """NNCF post-training quantization of the OpenVINO model converted from the float ONNX."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # NNCF's INFO lines drown the pipeline's own
     model = ov.Core().read_model(str(onnx_fp32))
@@ -246,7 +258,7 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
                       ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
     ov.save_model(q, str(dst_xml), compress_to_fp16=False)
     return {"form": "nncf", "layers": len(layers), "float_layers": [pretty(n) for n in keep],
-            "calibrator": method, "calib_images": int(len(calib)), "preset": "performance",
+            "calibrator": method, "calib_images": len(calib), "preset": "performance",
             "model_type": "transformer", "smooth_quant": cfg.smooth_quant if cfg.smooth_quant is not None
             else "nncf default (0.95 on MatMul)", "activations": "int8 symmetric per-tensor",
             "weights": "int8 symmetric per-channel"}

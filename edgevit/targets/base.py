@@ -95,7 +95,7 @@ def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ArtifactError(f"{mf} holds no manifest (a JSON {type(data).__name__}, not an object)", fix)
     if missing := [k for k in REQUIRED_KEYS if k not in data]:
         raise ArtifactError(f"{mf} is incomplete: no {', '.join(repr(k) for k in missing)}", fix)
-    lost = [f for f in data.get("files", []) if not (art_dir / f).is_file()]
+    lost = [f for f in data.get("files", []) if not (art_dir / f).exists()]  # a CoreML package is a folder
     if lost:
         raise ArtifactError(f"artifact {art_dir} is missing {', '.join(lost)} (listed in its manifest)", fix)
     return art_dir, data

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ExportError
 from ..steps import quantize as q
 from .base import Target
-from .onnx import OnnxTarget
+from .onnx import OnnxTarget, copy_onnx
 from .openvino import OpenVinoTarget
 from .tensorrt import TensorRtTarget
 from .trt_rules import check_tensorrt_rules
@@ -60,7 +61,7 @@ class _Int8Mixin:
             facts = {**self._build(onnx_fp32, out_dir / self.model_file, x, cfg, exclude, cache), **made}
         if search is not None:
             facts["max_drop"] = {"bound_pts": cfg.max_drop, "control_drop_pts": search["control_drop_pts"],
-                                 "control_images": int(len(options["control"][1])),
+                                 "control_images": len(options["control"][1]),
                                  "float_layers": [q.pretty(n) for n in search["float_layers"]],
                                  "tried": {str(k): v for k, v in sorted(search["tried"].items())},
                                  "sensitivity_kl": search["sensitivity"]}
@@ -71,8 +72,7 @@ class _Int8Mixin:
 
     def _from_qat(self, qat_onnx: Path, dst: Path, cfg: q.QuantConfig) -> dict[str, Any]:
         """The QAT model's Q/DQ graph, as this target takes it."""
-        shutil.copyfile(qat_onnx, dst)
-        return {"form": "qat-qdq", "activations": "int8 symmetric per-tensor (learned)",
+        return {**copy_onnx(qat_onnx, dst), "form": "qat-qdq", "activations": "int8 symmetric per-tensor (learned)",
                 "weights": "int8 symmetric per-channel (learned)", "float_layers": ["head"]}
 
     def _search(self, onnx_fp32: Path, work: Path, x, cfg: q.QuantConfig, cache: Path,

@@ -33,8 +33,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import TargetError
+from ..models import sha256_file
 from .base import Runner
-from .onnx import INPUT, OUTPUT, OnnxTarget
+from .onnx import (
+    INPUT,
+    OUTPUT,
+    OnnxTarget,
+    data_file,
+    external_data_facts,
+    has_external_data,
+    save_onnx,
+)
 
 ENGINE, ENGINE_META, BUILD_SCRIPT = "model.plan", "engine.json", "build_engine.sh"
 MIN_TRT_MAJOR = 10  # strongly typed networks and the name-based tensor API
@@ -56,7 +65,7 @@ class EngineOptions:
     timing_cache: str | None = "default"  # a path; "default": ~/.cache/edgevit; None or "none": no cache
     optimization_level: int = 3  # TensorRT's builder_optimization_level, 0-5
 
-    def check(self) -> "EngineOptions":
+    def check(self) -> EngineOptions:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise TargetError(f"TensorRT batch profile min {self.min_batch} <= opt {self.opt_batch} <= max "
                               f"{self.max_batch} does not hold", "pass e.g. --max-batch 8 (opt and min are 1)")
@@ -81,7 +90,7 @@ class EngineOptions:
         return {INPUT: [[b, *input_size] for b in (self.min_batch, self.opt_batch, self.max_batch)]}
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "EngineOptions":
+    def from_options(cls, options: dict[str, Any]) -> EngineOptions:
         got = options.get("tensorrt")
         return (got if isinstance(got, cls) else cls(**(got or {}))).check()
 
@@ -89,15 +98,18 @@ class EngineOptions:
 # -- the ONNX TensorRT compiles ---------------------------------------------------------------
 def prepare_fp16(onnx_fp32: Path, dst: Path) -> dict[str, Any]:
     """fp16 weights and math, float32 I/O, LayerNorm in fp32 (casts inserted around it)."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
-    model = onnx.load(str(onnx_fp32))
-    kept = [n.name for n in model.graph.node if n.op_type in FP32_OPS]
-    m16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS)
-    onnx.save(m16, str(dst))
-    return {"onnx_precision": "fp16 (float32 inputs/outputs)", "fp32_layers": len(kept),
-            "fp32_ops": FP32_OPS, "casts": sum(n.op_type == "Cast" for n in m16.graph.node)}
+    # from the path: shape inference then goes through a file, which has no 2 GB limit
+    m16 = convert_float_to_float16(str(onnx_fp32), keep_io_types=True,
+                                   op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS)
+    facts = {"onnx_precision": "fp16 (float32 inputs/outputs)",
+             "fp32_layers": sum(n.op_type in FP32_OPS for n in m16.graph.node),
+             "fp32_ops": FP32_OPS, "casts": sum(n.op_type == "Cast" for n in m16.graph.node)}
+    return {**facts, **save_onnx(m16, dst)}
 
 
 def trtexec_args(eopts: EngineOptions, input_size: list[int], onnx: str = "model.onnx",
@@ -203,7 +215,7 @@ def build_engine(onnx_path: Path, art_dir: Path, eopts: EngineOptions, input_siz
             "strongly_typed": True, "profile": eopts.shapes(input_size), "workspace_mb": eopts.workspace_mb,
             "optimization_level": eopts.optimization_level, "build_s": round(build_s, 2),
             "timing_cache": {"path": str(cache_file), "reused": bool(old_cache)} if cache_file else None,
-            "onnx_sha256": _sha256(onnx_path.read_bytes()), "engine_sha256": _sha256(data),
+            "onnx_sha256": sha256_file(onnx_path), **_data_sha256(onnx_path), "engine_sha256": _sha256(data),
             "engine_bytes": len(data), "input": INPUT, "output": OUTPUT}
     _write_atomic(art_dir / ENGINE_META, json.dumps(meta, indent=2).encode())
     return meta
@@ -249,6 +261,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _data_sha256(onnx_path: Path) -> dict[str, str]:
+    """The external data file's sha256, for a large model's ONNX (``onnx_sha256`` is model.onnx's alone)."""
+    return {"onnx_data_sha256": sha256_file(data_file(onnx_path))} if has_external_data(onnx_path) else {}
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -273,6 +290,7 @@ class TensorRtTarget(OnnxTarget):
         args = trtexec_args(eopts, size)
         write_build_script(out_dir, args)
         facts.update(trtexec_args=args, trtexec=trtexec_command(args), engine_options=asdict(eopts))
+        facts.update(external_data_facts(out_dir / self.model_file))  # trtexec reads it from beside model.onnx
         try:
             meta = build_engine(out_dir / self.model_file, out_dir, eopts, size)
             facts["engine"] = {"built": True, **meta}

@@ -25,17 +25,16 @@ FLOAT_OPS = ("LayerNormalization", "Softmax")
 
 def check_tensorrt_rules(model: str | Path | Any, allow_norms: bool = False) -> dict[str, Any]:
     import onnx
-    from onnx import numpy_helper
 
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    g = m.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    if isinstance(model, onnx.ModelProto):
+        g, base_dir = model.graph, ""
+    else:  # the graph only: the few scales and zero-points read are loaded on demand
+        g, base_dir = onnx.load(str(model), load_external_data=False).graph, str(Path(model).parent)
+    tensors = {t.name: t for t in g.initializer}
     for n in g.node:  # constants folded into Constant nodes count as initializers
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].t is not None and n.output:
-            try:
-                inits[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-            except Exception:
-                pass
+        if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value":
+            tensors[n.output[0]] = n.attribute[0].t
+    inits = _Arrays(tensors, base_dir)
     producers = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[Any]] = {}
     for n in g.node:
@@ -51,6 +50,24 @@ def check_tensorrt_rules(model: str | Path | Any, allow_norms: bool = False) -> 
         if n.op_type == "DequantizeLinear":
             bad += _check_dq(n, inits, consumers, counts, allow_norms, _is_weight(n, inits, producers))
     return {"violations": bad, "count": len(bad), **counts, "allow_norms": allow_norms}
+
+
+class _Arrays(dict):
+    """Initializer name -> numpy array, converted (and read from external data) when first asked for."""
+
+    def __init__(self, tensors: dict[str, Any], base_dir: str):
+        super().__init__()
+        self.tensors, self.base_dir = tensors, base_dir
+
+    def __contains__(self, name) -> bool:
+        return super().__contains__(name) or name in self.tensors
+
+    def get(self, name, default=None):
+        if not super().__contains__(name) and name in self.tensors:
+            from onnx import numpy_helper
+
+            self[name] = numpy_helper.to_array(self.tensors[name], base_dir=self.base_dir)
+        return super().get(name, default)
 
 
 def _check_zero_point(n, inits) -> list[str]:
