@@ -25,19 +25,15 @@ from rich.markup import escape
 
 from . import __version__
 from .bench.latency import bench_callable, bench_eager, bench_torch_gpu, default_threads
-from .bench.validate import torch_predict, validate_runners
+from .bench.validate import validate_runners
+from .check import checked_outputs, finite_reference
 from .data import EMBEDDED, check_classes, data_config, eval_transform, load_split
 from .errors import ArtifactError, DataError, EdgeVitError, ExportError, OptionError, describe
 from .manifest import (RUN_MANIFEST, command_line, create_run_dir, library_versions, now, probe_output,
                        remove_if_empty_run, staged_dir, write_json)
 from .models import ModelSpec, count_params, create_model
-from .progress import say
+from .progress import heartbeat, say
 from .targets import MANIFEST, Target, export_onnx, get_target, read_manifest
-
-# Largest |artifact - torch| on real images, relative to the largest |torch logit|, per precision.
-# int8 is a sanity bound (a broken graph is far off); its accuracy is what validation measures.
-TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.1, "int8": 1.0, "pruned": 0.02}
-
 
 @dataclass
 class ExportOptions:
@@ -106,77 +102,13 @@ def export_artifact(target: Target, onnx_fp32: Path, final: Path, model: torch.n
             check: dict[str, Any] = {"skipped": why, "structure": "checked (see export.structure)"}
         else:
             runner = target.load(tmp)
-            runtime, check = runner.info, _checked_outputs(target, runner, model, sample, manifest, options or {})
+            runtime, check = runner.info, checked_outputs(target, runner, model, sample, manifest, options or {})
         mf = {**manifest, "target": target.name, "backend": target.backend, "precision": target.precision,
               "runtime": runtime, "files": [p.name for p in target.files(tmp)],
               "size_bytes": target.size_bytes(tmp), "export": facts, "check_vs_pytorch": check,
               "created": now()}
         write_json(tmp / MANIFEST, mf)
     return mf
-
-
-def _checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.ndarray,
-                     manifest: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
-    reference = options.get("reference_model") if target.precision == "int8" else None
-    check = (output_check(runner, reference, sample) if reference is not None
-             else output_check(runner, model, sample, ref=options.get("float_logits")))
-    check["reference"] = "the fake-quantized QAT model" if reference is not None else "the float model"
-    precision = target.precision if target.precision == "int8" else runner.info.get("precision")
-    tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
-    if reference is not None:  # the same int8 arithmetic on both sides: only rounding differs
-        tol = TOLERANCE["fp16"]
-    if manifest.get("prune"):  # top-k/argsort choices can flip on near-ties between runtimes
-        tol = max(tol, TOLERANCE["pruned"])
-    if check["rel_max_abs_diff"] > tol:
-        raise ExportError(
-            f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
-            f"({check['rel_max_abs_diff']:.2%} of the largest logit; allowed {tol:.2%}) on "
-            f"{len(sample)} real images", "report this with the run's run.json; try another --opset or target")
-    return check
-
-
-def output_check(runner, model: torch.nn.Module, sample: np.ndarray, ref: np.ndarray | None = None
-                 ) -> dict[str, Any]:
-    """How far the artifact's logits are from PyTorch's (``ref``: the model's logits on ``sample``,
-    when already computed); non-finite outputs fail, and a comparison of constant logits (every
-    class scored the same, e.g. a zero-initialised head) says it proves nothing."""
-    ref = torch_predict(model)(sample) if ref is None else ref
-    got = runner(sample)
-    if got.shape != ref.shape:
-        raise ExportError(f"artifact returns shape {got.shape}, PyTorch {ref.shape}", "re-export the model")
-    if not np.isfinite(got).all():
-        raise ExportError(f"the artifact outputs NaN or Inf on {int((~np.isfinite(got)).any(1).sum())} of "
-                          f"{len(sample)} real images while PyTorch's outputs are finite",
-                          "this target's graph is broken for this model: try another target and report it")
-    diff = np.abs(got - ref)
-    check = {"images": int(len(sample)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-             "rel_max_abs_diff": float(diff.max() / max(1e-12, float(np.abs(ref).max()))),
-             "top1_agreement_pct": float((got.argmax(1) == ref.argmax(1)).mean() * 100)}
-    if vacuous := constant_logits(ref):
-        check["vacuous"] = vacuous
-    return check
-
-
-def constant_logits(logits: np.ndarray) -> str | None:
-    """Why a comparison of these logits proves nothing (every class scored the same), or None."""
-    spread = float(np.ptp(logits, axis=1).max()) if logits.size else 0.0
-    if spread <= 1e-6 * max(1.0, float(np.abs(logits).max())):
-        return ("the float model scores every class the same on every check image (untrained or "
-                "zero-initialised head), so the output check compares constants and proves nothing")
-    return None
-
-
-def finite_reference(model: torch.nn.Module, sample: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """The float model's logits on the check images, computed once for every target's check;
-    a model whose outputs are NaN/Inf is refused before anything is exported from it."""
-    ref = torch_predict(model)(sample)
-    if not np.isfinite(ref).all():
-        source = f"checkpoint {spec.checkpoint}" if spec.checkpoint else (
-            "the hub weights" if spec.pretrained else "the randomly initialised weights")
-        raise ExportError(f"model {spec.name!r} with {source} outputs NaN or Inf on real images",
-                          "the weights are broken (a diverged training?): use an earlier checkpoint")
-    return ref
 
 
 def check_export(spec: ModelSpec, opts: ExportOptions) -> list[Target]:
@@ -274,8 +206,9 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
                 options["qat_onnx"], opts.val_fraction, opts.seed)
         manifests = []
         for t in targets:
-            mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest,
-                                 options)
+            with heartbeat(f"exporting {t.name}"):  # off a terminal, a line at a steady pace
+                mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base_manifest,
+                                     options)
             manifests.append(mf)
             say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  {_check_line(mf)}")
     art_dirs = [opts.out / "artifacts" / t.name for t in targets if not _skip(t)]
@@ -335,8 +268,9 @@ def _quant_options(opts: ExportOptions, data_cfg: dict[str, Any], targets: list[
                             "will see (class sub-folders or flat), or --data")
         source = opts.data
         allowed = train_indices(source, opts.val_fraction, opts.seed)
-    calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
-                            allowed=allowed)
+    with heartbeat(f"calibration set from {source}"):
+        calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
+                                allowed=allowed)
     say(f"calibration: {len(calib.images)} images from {escape(str(source))} ({'cache' if calib.cached else 'built'} "
         f"{calib.key})")
     options["calib"] = calib

@@ -137,7 +137,7 @@ def test_non_finite_artifact_outputs_fail_the_check():
     import torch
 
     from edgevit.models import create_model
-    from edgevit.pipeline import output_check
+    from edgevit.check import output_check
 
     model = create_model(tiny_spec())
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
