@@ -384,7 +384,12 @@ def _train_config(recipe: Optional[Path], sets: List[str], resume_run: Optional[
             close = difflib.get_close_matches(key, hints, n=1)
             raise RecipeError(f"--set: unknown training option {key!r}",
                               f"did you mean {close[0]!r}?" if close else f"known: {', '.join(hints)}")
-        explicit[key] = _convert(hints[key], yaml.safe_load(raw), f"train.{key}", "--set")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({describe(e)})",
+                              "quote it, or write numbers and lists as in a recipe") from e
+        explicit[key] = _convert(hints[key], value, f"train.{key}", "--set")
     explicit.update({k: v for k, v in given.items() if v is not None})
     if resume_run is not None:
         return resume_config(resume_run, model_name, explicit)

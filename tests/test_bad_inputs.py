@@ -109,6 +109,8 @@ ROWS = [
     Row("recipe_reports_every_problem", lambda f: ["run", f["recipe_many"]],
         ("3 problems", "'version'", "'model.nme'", "'bench.batch'")),
     Row("recipe_is_a_folder", lambda f: ["run", f["ckpt_folder"]], ("is a folder",)),
+    Row("set_value_not_yaml", lambda f: ["train", "--model", "deit_tiny", "--data", "digits", "--set", "lr=[1"],
+        ("--set 'lr=[1'", "not valid YAML")),
     # kinds the older tests cover, kept here so the table is the whole list
     Row("malicious_pickle", _export("evil_ckpt"), ("evil.pth", "cannot be read")),
     Row("unknown_target", _export("ckpt", "--target", "onnx-int9"), ("unknown target", "onnx-int9")),
