@@ -47,8 +47,9 @@ def friendly(fn):
         except OSError as e:
             if e.errno not in _ENV_ERRNOS:
                 raise
+            verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
             where = f" {e.filename}" if e.filename else ""
-            print_error(f"cannot write or read{where}: {e.strerror or describe(e)}", os_error_fix(e))
+            print_error(f"cannot {verb}{where}: {e.strerror or describe(e)}", os_error_fix(e))
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print("interrupted: unfinished artifacts were removed; completed ones are kept", style="bold red")

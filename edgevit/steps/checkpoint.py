@@ -44,6 +44,9 @@ def load_checkpoint(path: Path, model_name: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist",
                               "start without --resume, or pass the --out of the run to continue")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"training checkpoint {path} is empty (0 bytes): the run was killed while saving it",
+                              "delete it to start over (the run's weights are in model/)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
