@@ -149,6 +149,12 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
     return opts.out
 
 
+def recorded_source(source: str | None) -> str | None:
+    """A data source as run.json records it: a folder absolute (so the record holds from any working
+    directory), the embedded set by name."""
+    return source if source in (None, EMBEDDED) else os.path.abspath(os.path.expanduser(str(source)))
+
+
 def _expected_bytes(model: torch.nn.Module, targets: list[Target]) -> int:
     """A rough size of what the run writes: the weights once per target, fp32, plus the reports."""
     return count_params(model) * 4 * len(targets) + (20 << 20)
@@ -184,7 +190,7 @@ def _export_all(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, ta
     from .bench.report import print_summary, write_report
 
     run = {"edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
-           "params": count_params(model), "data_config": cfg, "data": opts.data, "split": opts.split,
+           "params": count_params(model), "data_config": cfg, "data": recorded_source(opts.data), "split": opts.split,
            "targets": opts.targets, "versions": library_versions(), **opts.extra}
     if getattr(model, "edgevit_prune", None):
         run["prune"] = model.edgevit_prune
@@ -456,7 +462,7 @@ def run_training(spec: ModelSpec, cfg, data: str, out: Path, split: str = "val",
         if rank == 0:
             write_json(out / RUN_MANIFEST, {
                 "edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
-                "params": count_params(model), "data_config": dcfg, "data": str(data), "split": split,
+                "params": count_params(model), "data_config": dcfg, "data": recorded_source(data), "split": split,
                 "train": dataclasses.asdict(cfg), "versions": library_versions(), "targets": []})
             say(f"training {spec.name} ({count_params(model) / 1e6:.2f} M params) on {escape(str(data))}: {len(train_ds)} "
                 f"train / {len(val_ds)} {split} images, {cfg.epochs} epoch(s), distillation {cfg.distillation}")
