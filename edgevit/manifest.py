@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import OutputError, RunDirError, describe, os_error_fix
+from .errors import EdgeVitError, OutputError, RunDirError, describe, os_error_fix
 
 LIBRARIES = ("edgevit", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "numpy")
 RUN_MANIFEST = "run.json"
@@ -97,12 +97,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def read_json(path: Path, what: str, fix: str) -> Any:
-    """A JSON file that edgevit wrote; an unreadable or corrupt one names the file and the fix."""
+def read_json(path: Path, what: str, fix: str, error: type[EdgeVitError] = RunDirError) -> Any:
+    """A JSON file that edgevit wrote; an unreadable or corrupt one raises ``error`` naming the file
+    and the fix."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{what} {path} cannot be read ({describe(e)})", fix) from e
+        raise error(f"{what} {path} cannot be read ({describe(e)})", fix) from e
 
 
 def probe_output(path: Path, exist_ok: bool, need_bytes: int = 0) -> None:

@@ -7,14 +7,14 @@ into place only once the files are complete and checked), and loads them back as
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ArtifactError, TargetError, describe
+from ..errors import ArtifactError, TargetError
+from ..manifest import read_json
 
 MANIFEST = "manifest.json"
 
@@ -87,10 +87,7 @@ def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ArtifactError(f"{p} is not an edgevit artifact (no {MANIFEST} beside it)",
                             "pass a directory made by `edgevit export`, e.g. runs/<name>/artifacts/onnx")
     fix = "re-run the export that made it (artifacts are never edited by hand)"
-    try:
-        data = json.loads(mf.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{mf} cannot be read ({describe(e)})", fix) from e
+    data = read_json(mf, "manifest", fix, ArtifactError)
     if not isinstance(data, dict):
         raise ArtifactError(f"{mf} holds no manifest (a JSON {type(data).__name__}, not an object)", fix)
     if missing := [k for k in REQUIRED_KEYS if k not in data]:
