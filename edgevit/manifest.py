@@ -137,13 +137,14 @@ def probe_output(path: Path, exist_ok: bool, need_bytes: int = 0) -> None:
                           "needed", "free some space, or choose an --out on another disk")
 
 
-def create_run_dir(path: Path, exist_ok: bool) -> Path | None:
-    """Make the run directory; refuse an existing one unless ``exist_ok``.
+def create_run_dir(path: Path, exist_ok: bool, need_bytes: int = 0) -> Path | None:
+    """Make the run directory (probed first: see :func:`probe_output`); refuse an existing one unless
+    ``exist_ok``.
 
     Returns the topmost folder made now (``path`` or a parent it needed), or None if ``path`` existed,
     so that a failed run can remove exactly what it created."""
     path = Path(path)
-    probe_output(path, exist_ok)
+    probe_output(path, exist_ok, need_bytes)
     if path.exists():
         return None
     top = path

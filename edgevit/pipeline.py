@@ -138,8 +138,7 @@ def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | No
     float_logits = finite_reference(model, sample, spec)
     options = _quant_options(opts, cfg, targets)  # calibration problems surface before the export
     options["float_logits"] = float_logits
-    probe_output(opts.out, opts.exist_ok, need_bytes=_expected_bytes(model, targets))
-    made = create_run_dir(opts.out, opts.exist_ok)
+    made = create_run_dir(opts.out, opts.exist_ok, need_bytes=_expected_bytes(model, targets))
     try:
         _export_all(spec, opts, model, targets, cfg, sample, options)
     except BaseException:
