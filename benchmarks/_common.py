@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the results file format of DEVELOPERS.md, machine facts."""
+"""Shared by the benchmark scripts: the results file format (command, rows, checks; see the README), machine facts."""
 from __future__ import annotations
 
 import datetime as dt
@@ -23,7 +23,7 @@ def check(name: str, value: float, op: str, bar: float) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),

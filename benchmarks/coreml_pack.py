@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgevit.models import ModelSpec
-    from edgevit.pipeline import ExportOptions, run_export
+    from edgevit.run.export import ExportOptions, run_export
 
     spec = ModelSpec(args.model, pretrained=False, checkpoint=args.checkpoint)
     shutil.rmtree(RUN, ignore_errors=True)

@@ -29,17 +29,17 @@ def main() -> None:
 
     import torch
 
-    from edgevit.bench.validate import compare, torch_predict
     from edgevit.data import data_config, eval_transform, load_split, make_loader
+    from edgevit.eval.validate import compare, torch_predict
     from edgevit.models import ModelSpec
-    from edgevit.pipeline import run_training
-    from edgevit.steps.train import TrainConfig
+    from edgevit.run.training import run_training
+    from edgevit.train.engine import TrainConfig
 
     out = Path(args.out)
     common = dict(batch_size=64, lr=1e-3, warmup_epochs=1, label_smoothing=0.1, seed=0)
     rows, models, t0 = [], {}, time.time()
     teacher_spec = ModelSpec("resnet18_cifar", num_classes=10, img_size=32)
-    models["teacher resnet18_cifar"] = run_training(
+    models["teacher resnet18_cifar"], _ = run_training(
         teacher_spec, TrainConfig(epochs=args.teacher_epochs, **common), args.data, out / "teacher",
         split="test", exist_ok=True)
     teacher_ckpt = str(out / "teacher" / "model" / "weights.safetensors")
@@ -49,7 +49,7 @@ def main() -> None:
         cfg = TrainConfig(epochs=args.student_epochs, distillation=kind, teacher="resnet18_cifar",
                           teacher_checkpoint=teacher_ckpt, alpha=0.1 if kind == "soft" else 0.5,
                           tau=3.0, **common)
-        models[f"student {kind}"] = run_training(spec, cfg, args.data, out / f"student_{kind}", split="test",
+        models[f"student {kind}"], _ = run_training(spec, cfg, args.data, out / f"student_{kind}", split="test",
                                                  exist_ok=True)
     # one pass over the 600 test images, every model on the same images
     cfg = data_config(models["student hard"], 32)

@@ -28,8 +28,7 @@ def main() -> None:
 
     import json
 
-    from edgevit.pipeline import run_recipe
-    from edgevit.recipe import BenchSection, DataSection, ModelSection, Recipe, TrainSection
+    from edgevit.run.recipe import BenchSection, DataSection, ModelSection, Recipe, TrainSection, run_recipe
 
     recipe = Recipe(
         model=ModelSection("deit_tiny", pretrained=False, num_classes=10, img_size=32, patch_size=4),
@@ -48,7 +47,7 @@ def main() -> None:
               f"  agreement {r['agreement_pct']:.2f} %  max|Δlogit| {r['max_abs_logit_diff']:.2e}")
     for ext in ("md", "html"):
         shutil.copyfile(out / f"report.{ext}", RESULTS / f"fidelity_cifar.report.{ext}")
-    history = [json.loads(l) for l in (out / "model" / "history.jsonl").read_text().splitlines() if l.strip()]
+    history = [json.loads(line) for line in (out / "model" / "history.jsonl").read_text().splitlines() if line.strip()]
     write_results(__file__, rows, checks, epochs=args.epochs, data=args.data, run_dir=str(out),
                   float_test_top1=rows[0]["float_top1"], training=history)
 

@@ -41,7 +41,7 @@ def cifar_spec(weights: str):
 
 def weights_for(args) -> tuple[str, dict]:
     """The CIFAR model: --weights (with the run.json beside it, if any), else trained here."""
-    from edgevit.models import sha256_file
+    from edgevit.manifest import sha256_file
 
     if args.weights:
         w = Path(args.weights)
@@ -54,8 +54,8 @@ def weights_for(args) -> tuple[str, dict]:
             info["epochs_run"] = len(hist)
             info["last_epoch_val_top1"] = hist[-1]["val_top1"]
         return str(w), info
-    from edgevit.pipeline import run_training
-    from edgevit.steps.train import TrainConfig
+    from edgevit.run.training import run_training
+    from edgevit.train.engine import TrainConfig
 
     out = RUN / "train"
     weights = out / "model" / "weights.safetensors"
@@ -67,12 +67,11 @@ def weights_for(args) -> tuple[str, dict]:
 
 
 def export(spec, out: Path, targets, model=None, data=None, **quant):
-    from edgevit.pipeline import ExportOptions, run_export
-    from edgevit.steps.quantize import QuantConfig
+    from edgevit.run.export import ExportOptions, run_export
 
     shutil.rmtree(out, ignore_errors=True)
     run_export(spec, ExportOptions(targets=targets, out=out, data=data, split="test", bench=False,
-                                   quant=QuantConfig(**quant)), model=model)
+                                   options=dict(**quant)), model=model)
     return out
 
 
@@ -97,14 +96,14 @@ def nncf_default(run_dir: Path, calib, name: str = "nncf-default") -> Path:
 
 
 def calib_for(run_dir: Path, source: Path, size: int = 300):
-    from edgevit.calibration import calibration_set
+    from edgevit.quant.calibration import calibration_set
 
     mf = json.loads((run_dir / "run.json").read_text())
     return calibration_set(str(source), mf["data_config"], size)
 
 
 def accuracy(weights: str) -> tuple[list[dict], dict]:
-    from edgevit.pipeline import validate_artifacts
+    from edgevit.run.artifacts import validate_artifacts
 
     spec = cifar_spec(weights)
     run = export(spec, RUN / "cifar", ["onnx", *INT8], data=str(CIFAR))
@@ -137,7 +136,7 @@ def _acc_row(name: str, r: dict, run: Path, target: str | None = None) -> dict:
 
 def latency(rounds: int, iters: int, warmup: int) -> tuple[list[dict], dict]:
     from edgevit.models import ModelSpec, create_model
-    from edgevit.pipeline import bench_artifacts
+    from edgevit.run.artifacts import bench_artifacts
 
     spec = ModelSpec("deit_tiny", pretrained=False)
     model = create_model(spec)

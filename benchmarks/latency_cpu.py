@@ -28,7 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgevit.models import ModelSpec, create_model
-    from edgevit.pipeline import ExportOptions, bench_artifacts, run_export
+    from edgevit.run.artifacts import bench_artifacts
+    from edgevit.run.export import ExportOptions, run_export
 
     spec = ModelSpec(args.model, pretrained=False)
     model = create_model(spec)

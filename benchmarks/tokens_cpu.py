@@ -37,17 +37,16 @@ def label(prune: str | None) -> str:
 
 
 def export(spec, out: Path, targets, **kw):
-    from edgevit.pipeline import ExportOptions, run_export
-    from edgevit.steps.quantize import QuantConfig
+    from edgevit.run.export import ExportOptions, run_export
 
     shutil.rmtree(out, ignore_errors=True)
-    quant = QuantConfig(calib=kw.pop("calib", None), calib_size=kw.pop("calib_size", 300))
-    return run_export(spec, ExportOptions(targets=targets, out=out, bench=False, quant=quant, split="test", **kw))
+    options = {"calib": kw.pop("calib", None), "calib_size": kw.pop("calib_size", 300)}
+    return run_export(spec, ExportOptions(targets=targets, out=out, bench=False, options=options, split="test", **kw))
 
 
 def latency(rounds: int, iters: int, warmup: int) -> tuple[list[dict], dict]:
     from edgevit.models import ModelSpec
-    from edgevit.pipeline import bench_artifacts
+    from edgevit.run.artifacts import bench_artifacts
 
     runs = {}
     for prune in LATENCY_VARIANTS:
@@ -80,7 +79,8 @@ def latency(rounds: int, iters: int, warmup: int) -> tuple[list[dict], dict]:
 
 
 def accuracy(weights: str, finetune_epochs: int) -> tuple[list[dict], dict]:
-    from edgevit.pipeline import ExportOptions, run_pruned
+    from edgevit.run.export import ExportOptions
+    from edgevit.run.training import run_pruned
 
     rows = []
     for prune in ACCURACY_VARIANTS:

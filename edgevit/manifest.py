@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import shlex
@@ -25,9 +26,10 @@ def _umask() -> int:
     return mask
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of the libraries every run uses, plus ``extra`` (those the run's targets record)."""
     out = {"python": sys.version.split()[0]}
-    for lib in LIBRARIES:
+    for lib in dict.fromkeys((*LIBRARIES, *extra)):
         try:
             out[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
@@ -46,21 +48,41 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one atomic writer: yield a temporary path beside ``path`` to write; it is renamed onto
+    ``path`` only if the block succeeds (an error, Ctrl-C included, removes it). Readable by others
+    as a normal file would be (mkstemp's 0600 would hide results from other users)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write JSON atomically (see :func:`atomic_path`)."""
+    return write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

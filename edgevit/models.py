@@ -7,19 +7,36 @@ when ``pretrained=True`` and the machine is online.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .errors import CheckpointError, ModelError, OfflineError, describe
+from .manifest import sha256_file
 
-__all__ = ["ModelEntry", "ModelSpec", "register", "list_models", "resolve", "create_model", "load_state_dict",
-           "sha256_file", "count_params", "hub_reachable"]  # timm's register_model appends resnet18_cifar
+__all__ = ["ModelEntry", "ModelSpec", "ModelTransform", "register", "list_models", "resolve", "create_model",
+           "load_state_dict", "with_checkpoint_hash", "count_params", "hub_reachable",
+           "HEAD_MODULES"]  # timm's register_model appends resnet18_cifar
+
+# The classifier heads of the models edgevit builds (ViT/DeiT head and head_dist, ResNet fc, others'
+# classifier): the one list. Checkpoint loading checks their class count; int8 keeps them float.
+HEAD_MODULES = ("head", "head_dist", "fc", "classifier")
+
+
+class ModelTransform(Protocol):
+    """What :func:`create_model` applies (edgevit.transforms implements it). A transform that
+    changes weight shapes is applied before the weights load, so its checkpoints reload."""
+
+    changes_shapes: bool
+
+    def apply(self, model: torch.nn.Module) -> None:
+        """Transform ``model`` in place."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,7 @@ class ModelSpec:
     checkpoint_sha256: str | None = None
     pretrained: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # other timm kwargs (depth=..., ...)
-    prune: str | None = None  # token pruning/merging applied after the weights load: evit:0.7, tome:8
+    prune: str | None = None  # transforms (edgevit.transforms), composed with '+': evit:0.7, tome:8, evit:0.7+tome:4
 
     def __post_init__(self) -> None:
         if self.checkpoint:  # recorded absolute, so a run validates from any working directory
@@ -164,7 +181,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         return cls(**d)
 
 
@@ -176,16 +193,16 @@ def _check_patches(img_size: int, patch_size: int) -> None:
                          f"pass --img-size {below or above} or {above}, or a --patch-size that divides {img_size}")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def with_checkpoint_hash(spec: ModelSpec) -> ModelSpec:
+    """A copy of ``spec`` recording its checkpoint's sha256 (validation checks the weights by it)."""
+    digest = sha256_file(spec.checkpoint) if spec.checkpoint and Path(spec.checkpoint).is_file() else None
+    return dataclasses.replace(spec, checkpoint_sha256=digest)
 
 
-def create_model(spec: ModelSpec) -> torch.nn.Module:
-    """Build the timm model of ``spec`` in eval mode, with its weights loaded."""
+def create_model(spec: ModelSpec, transforms: Sequence[ModelTransform] = ()) -> torch.nn.Module:
+    """Build the timm model of ``spec`` in eval mode, with its weights loaded and ``transforms``
+    applied: those that change weight shapes before the weights load, the others after.
+    ``spec`` is not changed (see :func:`with_checkpoint_hash`)."""
     import timm
 
     entry = resolve(spec.name)
@@ -198,18 +215,20 @@ def create_model(spec: ModelSpec) -> torch.nn.Module:
     pe = getattr(model, "patch_embed", None)
     if pe is not None and getattr(pe, "img_size", None) and getattr(pe, "patch_size", None):
         _check_patches(int(pe.img_size[0]), int(pe.patch_size[0]))
+    early = [t for t in transforms if t.changes_shapes]
+    if early and use_hub:
+        raise ModelError(f"{spec.prune} changes weight shapes, so it needs weights saved in its shape",
+                         "pass --checkpoint with the transformed model's weights (e.g. from its fine-tune)")
+    for t in early:
+        t.apply(model)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
-        state = load_state_dict(path)
-        _load_into(model, state, path, spec)
-        spec.checkpoint_sha256 = sha256_file(path)
+        _load_into(model, load_state_dict(path), path, spec)
     elif use_hub:
         model = _from_hub(entry, spec)
-    if spec.prune:
-        from .steps.prune import apply_prune
-
-        apply_prune(model, spec.prune)
-        spec.prune = model.edgevit_prune["spec"]  # with the locations it resolved to
+    for t in transforms:
+        if not t.changes_shapes:
+            t.apply(model)
     model.eval()
     return model
 
@@ -329,7 +348,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _load_into(model: torch.nn.Module, state: dict, path: Path, spec: ModelSpec) -> None:
     own = model.state_dict()
     state = _resample_pos_embed(model, state)
-    head = next((k for k in ("head.weight", "fc.weight", "classifier.weight") if k in own), None)
+    head = next((f"{m}.weight" for m in HEAD_MODULES if f"{m}.weight" in own), None)
     if head and head in state and state[head].shape[0] != own[head].shape[0]:
         raise CheckpointError(
             f"checkpoint {path} has a {state[head].shape[0]}-class head; the model was built for "

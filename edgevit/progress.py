@@ -117,7 +117,8 @@ class _Plain:
             if 0 < self.done < self.total:
                 text += f", ~{duration(elapsed * (self.total - self.done) / self.done)} left"
         else:
-            text = f"{self.label}: " + (f"{self.done} {self.unit}, " if self.done else "") + f"{duration(elapsed)} elapsed"
+            done = f"{self.done} {self.unit}, " if self.done else ""
+            text = f"{self.label}: {done}{duration(elapsed)} elapsed"
         return text + (f"  {self.info}" if self.info else "")
 
 
@@ -179,5 +180,13 @@ def heartbeat(label: str) -> contextlib.AbstractContextManager:
     return progress_bar(label, total=None, unit="")
 
 
-def say(msg: str) -> None:
-    console.print(msg, highlight=False)
+def say(msg: str, plain: str = "") -> None:
+    """Print ``msg`` (rich markup) followed by ``plain`` (paths and other user text: never markup)."""
+    if not plain:
+        console.print(msg, highlight=False)
+        return
+    from rich.text import Text
+
+    text = Text.from_markup(msg)
+    text.append(plain)
+    console.print(text, highlight=False)

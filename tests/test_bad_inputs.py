@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_cifar, write_image_folder
 
 EDGEVIT = str(Path(sys.executable).with_name("edgevit"))
@@ -208,7 +207,7 @@ def _recipes(d: Path, f: dict) -> None:
 
 def _artifacts(d: Path, f: dict, model) -> None:
     from edgevit.models import ModelSpec
-    from edgevit.pipeline import ExportOptions, run_export
+    from edgevit.run.export import ExportOptions, run_export
 
     spec = ModelSpec("deit_tiny", num_classes=10, img_size=32, patch_size=8, checkpoint=f["ckpt"])
     run = run_export(spec, ExportOptions(targets=["onnx"], out=d / "good-run", bench=False))
@@ -230,8 +229,8 @@ def _artifacts(d: Path, f: dict, model) -> None:
 
 def _runs(d: Path, f: dict) -> None:
     from edgevit.models import ModelSpec
-    from edgevit.pipeline import run_training
-    from edgevit.steps.train import TrainConfig
+    from edgevit.run.training import run_training
+    from edgevit.train.engine import TrainConfig
 
     spec = ModelSpec("deit_tiny", num_classes=10, img_size=32, patch_size=8)
     cifar = write_cifar(d / "train-cifar", n_train=20, n_test=10)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgevit.bench.latency import peak_memory, summarize, time_fn
+from edgevit.eval.latency import peak_memory, summarize, time_fn
 
 
 def test_summarize_percentiles_and_throughput():
@@ -24,10 +24,10 @@ def test_peak_memory_sees_an_allocation():
 
 def test_gpu_rows_code_path_runs_on_any_device():
     """The PyTorch GPU rows (fp32, fp16, compile) on the CPU device: the same code a CUDA machine runs."""
-    from edgevit.bench.latency import bench_torch_gpu
-    from edgevit.models import create_model
-
     from conftest import tiny_spec
+
+    from edgevit.eval.latency import bench_torch_gpu
+    from edgevit.models import create_model
 
     model = create_model(tiny_spec()).eval()
     x = np.zeros((1, 3, 32, 32), np.float32)

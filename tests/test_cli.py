@@ -4,11 +4,10 @@ import sys
 
 import pytest
 import torch
+from conftest import write_cifar
 from typer.testing import CliRunner
 
 from edgevit.cli import app
-
-from conftest import write_cifar
 
 runner = CliRunner()
 TINY = ["--model", "deit_tiny", "--img-size", "32", "--patch-size", "8", "--num-classes", "10", "--no-bench"]
@@ -200,7 +199,7 @@ def test_train_cli_runs_and_report_plots_training(tmp_path):
 
 
 def test_train_flags_do_not_override_the_recipe_unless_given(tmp_path):
-    from edgevit.cli import _train_config
+    from edgevit.run.recipe import train_config as _train_config
 
     r = tmp_path / "r.yaml"
     r.write_text("train: {seed: 7, epochs: 3, mixup: 0.8}\n")

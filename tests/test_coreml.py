@@ -8,13 +8,14 @@ import torch
 
 pytest.importorskip("coremltools", reason="coremltools is not installed (pip install -e '.[test]' has it)")
 
-from edgevit.errors import ExportError, TargetError  # noqa: E402
-from edgevit.pipeline import ExportOptions, load_artifact, run_export  # noqa: E402
-from edgevit.steps.quantize import QuantConfig  # noqa: E402
-from edgevit.targets import get_target  # noqa: E402
-from edgevit.targets.coreml import inspect_package  # noqa: E402
-
 from conftest import tiny_spec  # noqa: E402
+
+from edgevit.errors import ExportError, TargetError  # noqa: E402
+from edgevit.run.artifacts import load_artifact  # noqa: E402
+from edgevit.run.export import ExportOptions, run_export  # noqa: E402
+from edgevit.targets import ExportContext, get_target  # noqa: E402
+from edgevit.targets.coreml import inspect_package  # noqa: E402
+from edgevit.transforms import build_model  # noqa: E402
 
 ON_MAC = platform.system() == "Darwin"
 
@@ -31,7 +32,7 @@ def coreml_run(tmp_path_factory, tiny_checkpoint):
 def test_packages_are_built_and_checked_structurally(coreml_run):
     mfs = {t: json.loads((coreml_run / "artifacts" / t / "manifest.json").read_text())
            for t in ("coreml", "coreml-int8")}
-    for t, mf in mfs.items():
+    for mf in mfs.values():
         s = mf["export"]["structure"]
         assert mf["files"] == ["model.mlpackage"] and mf["size_bytes"] > 0
         assert s["inputs"] == [{"name": "input", "shape": [1, 3, 32, 32], "dtype": "FLOAT32"}]
@@ -60,9 +61,8 @@ def test_off_macos_packages_are_skipped_with_the_reason(coreml_run):
 
 @pytest.mark.skipif(not ON_MAC, reason="CoreML predicts only on macOS")
 def test_on_macos_packages_predict_like_pytorch(coreml_run, tiny_checkpoint):
-    from edgevit.models import create_model
 
-    model = create_model(tiny_spec(checkpoint=str(tiny_checkpoint), prune="evit:0.7")).eval()
+    model = build_model(tiny_spec(checkpoint=str(tiny_checkpoint), prune="evit:0.7"))[0].eval()
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
@@ -75,7 +75,7 @@ def test_on_macos_packages_predict_like_pytorch(coreml_run, tiny_checkpoint):
 @pytest.mark.skipif(ON_MAC, reason="W8A8 builds on macOS")
 def test_w8a8_off_macos_is_refused_before_any_work(tmp_path):
     opts = ExportOptions(targets=["onnx", "coreml-int8"], out=tmp_path / "r", bench=False,
-                         quant=QuantConfig(coreml_w8a8=True))
+                         options=dict(coreml_w8a8=True))
     with pytest.raises(TargetError, match="--coreml-w8a8 .* macOS"):
         run_export(tiny_spec(), opts)
     assert not (tmp_path / "r").exists()
@@ -86,4 +86,4 @@ def test_broken_package_and_missing_model_are_clear_errors(tmp_path):
     with pytest.raises(ExportError, match="does not load as a CoreML package"):
         inspect_package(tmp_path / "bad.mlpackage")
     with pytest.raises(ExportError, match="converts the PyTorch model"):
-        get_target("coreml").export(tmp_path / "x.onnx", tmp_path, {})
+        get_target("coreml").export(tmp_path / "x.onnx", tmp_path, ExportContext(options=None, input_size=[3, 32, 32]))

@@ -3,12 +3,19 @@ import pickle
 
 import numpy as np
 import pytest
-
-from edgevit.data import (Cifar, Digits, ImageFolder, data_config, eval_transform, load_split,
-                          read_cifar_batch, split_indices)
-from edgevit.errors import DataError
-
 from conftest import SHARED_DATA, write_cifar, write_image_folder
+
+from edgevit.data import (
+    Cifar,
+    Digits,
+    ImageFolder,
+    data_config,
+    eval_transform,
+    load_split,
+    read_cifar_batch,
+    split_indices,
+)
+from edgevit.errors import DataError
 
 
 @pytest.mark.parametrize("bytes_keys", [True, False])

@@ -13,10 +13,9 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from edgevit.pipeline import ExportOptions, load_artifact, run_export
-from edgevit.steps.quantize import QuantConfig
-from edgevit.targets import onnx as onnx_mod
-from edgevit.targets.tensorrt import EngineOptions
+from edgevit import graph as onnx_mod
+from edgevit.run.artifacts import load_artifact
+from edgevit.run.export import ExportOptions, run_export
 
 ONNX_TARGETS = ["onnx", "onnx-fp16", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"]
 TARGETS = [*ONNX_TARGETS, "openvino"]
@@ -27,8 +26,7 @@ DATA = "model.onnx.data"
 def run_dir(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("ext") / "r"
     opts = ExportOptions(targets=TARGETS, out=out, data="digits", split="val", validate_limit=20, bench=False,
-                         quant=QuantConfig(calib_size=16),
-                         target_options={"tensorrt": EngineOptions(max_batch=2, timing_cache=None)})
+                         options=dict(calib_size=16, max_batch=2, timing_cache=None))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(onnx_mod.EXTERNAL_DATA_ENV, "1")
         run_export(tiny_spec(checkpoint=str(tiny_checkpoint)), opts)

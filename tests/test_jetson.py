@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgevit.bench.device import load_device_results, merge_device_results
-from edgevit.bench.report import collect, write_report
 from edgevit.errors import ArtifactError, RunDirError
+from edgevit.report.device import load_device_results, merge_device_results
+from edgevit.report.report import collect, write_report
 
 KIT = Path(__file__).resolve().parents[1] / "deploy" / "jetson"
 SCRIPT, SUMMARIZE = KIT / "edgevit_jetson.sh", KIT / "summarize.py"

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import tiny_spec
 from safetensors.torch import save_file
 
 from edgevit.errors import CheckpointError, ModelError, OfflineError
-from edgevit.models import ModelSpec, create_model, list_models, load_state_dict, resolve
-
-from conftest import tiny_spec
+from edgevit.models import ModelSpec, create_model, list_models, load_state_dict, resolve, with_checkpoint_hash
 
 SHRINK = {"vit": {"depth": 1}, "mixer": {}, "cnn": {}}  # timm fixes the Mixer depth in its entry points
 
@@ -62,7 +61,8 @@ def test_checkpoint_layouts_load_the_same_weights(tmp_path, layout):
     spec = tiny_spec(checkpoint=str(path))
     loaded = create_model(spec)
     assert _same_outputs(ref, loaded)
-    assert spec.checkpoint_sha256 and len(spec.checkpoint_sha256) == 64
+    assert spec.checkpoint_sha256 is None  # create_model never changes the caller's spec
+    assert len(with_checkpoint_hash(spec).checkpoint_sha256) == 64
 
 
 def test_missing_checkpoint(tmp_path):

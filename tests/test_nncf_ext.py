@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from edgevit.errors import EdgeVitError
-from edgevit.steps import nncf_ext
-from edgevit.steps.nncf_ext import (
+from edgevit.quant import nncf_ext
+from edgevit.quant.nncf_ext import (
     DEFAULT_TIMEOUT,
     ENV_TIMEOUT,
     NNCF_ENV_TIMEOUT,
@@ -185,7 +185,7 @@ def test_real_first_build_in_a_fresh_folder(tmp_path, monkeypatch):
     import sys
 
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
-    code = "from edgevit.steps.nncf_ext import ensure_nncf_extensions as e; print(e(print)['cpu'])"
+    code = "from edgevit.quant.nncf_ext import ensure_nncf_extensions as e; print(e(print)['cpu'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=3600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,13 +1,12 @@
 """Run directories, atomic artifacts, output checks, report."""
 
 import pytest
-
-from edgevit.bench.report import collect, mark_pareto, write_report
-from edgevit.errors import ExportError, RunDirError
-from edgevit.pipeline import ExportOptions, run_export
-from edgevit.targets import TARGETS
-
 from conftest import tiny_spec
+
+from edgevit.errors import ExportError, RunDirError
+from edgevit.report.report import collect, mark_pareto, write_report
+from edgevit.run.export import ExportOptions, run_export
+from edgevit.targets import TARGETS
 
 
 def _opts(out, **kw):
@@ -50,7 +49,7 @@ def test_failure_before_any_artifact_removes_the_new_run_dir(tmp_path, monkeypat
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("edgevit.pipeline.export_onnx", boom)
+    monkeypatch.setattr("edgevit.run.export.export_onnx", boom)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         run_export(tiny_spec(), _opts(out))
@@ -115,7 +114,7 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path):
 
 def test_artifacts_of_different_models_are_not_mixed(tmp_path):
     from edgevit.errors import ArtifactError
-    from edgevit.pipeline import bench_artifacts, validate_artifacts
+    from edgevit.run.artifacts import bench_artifacts, validate_artifacts
 
     a, b = tmp_path / "a", tmp_path / "b"
     run_export(tiny_spec(), _opts(a))
@@ -136,8 +135,8 @@ def test_non_finite_artifact_outputs_fail_the_check():
     import numpy as np
     import torch
 
+    from edgevit.eval.check import output_check
     from edgevit.models import create_model
-    from edgevit.check import output_check
 
     model = create_model(tiny_spec())
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -190,14 +189,14 @@ def test_relative_checkpoint_is_recorded_absolute(tmp_path, monkeypatch, tiny_ch
     recorded = json.loads((run / "run.json").read_text())["model"]["checkpoint"]
     assert recorded == str(tmp_path / "w.pth")
     monkeypatch.chdir("/")
-    from edgevit.pipeline import validate_artifacts
+    from edgevit.run.artifacts import validate_artifacts
 
     res = validate_artifacts([run / "artifacts" / "onnx"], "digits", "val", limit=10)
     assert res["onnx"]["images"] == 10
 
 
 def test_failed_run_removes_the_parents_it_made(tmp_path, monkeypatch):
-    from edgevit import pipeline
+    from edgevit.run import export as pipeline
 
     def fail(*a, **k):
         raise OSError(28, "No space left on device")

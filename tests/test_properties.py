@@ -26,7 +26,7 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_siz
 @FAST
 @given(doc=st.one_of(st.dictionaries(_keys, _values, max_size=6), _values))
 def test_any_recipe_document_loads_or_names_its_problem(tmp_path, doc):
-    from edgevit.recipe import Recipe, load_recipe
+    from edgevit.run.recipe import Recipe, load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -39,7 +39,7 @@ def test_any_recipe_document_loads_or_names_its_problem(tmp_path, doc):
 @FAST
 @given(text=st.text(max_size=200))
 def test_any_recipe_text_loads_or_names_its_problem(tmp_path, text):
-    from edgevit.recipe import load_recipe
+    from edgevit.run.recipe import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -103,7 +103,7 @@ _ints = st.one_of(st.none(), st.integers(-5, 5))
        targets=st.lists(st.sampled_from(["onnx", "openvino", "onnx-int8"]), max_size=3))
 def test_export_options_are_accepted_exactly_when_valid(batch, limit, threads, iters, warmup, val_fraction, split,
                                                          targets):
-    from edgevit.pipeline import ExportOptions
+    from edgevit.run.export import ExportOptions
 
     opts = ExportOptions(targets=targets, out=Path("unused"), batch=batch, validate_limit=limit, threads=threads,
                          iters=iters, warmup=warmup, val_fraction=val_fraction, split=split)

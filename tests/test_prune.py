@@ -4,13 +4,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_spec
 
 from edgevit.models import ModelSpec, create_model
 from edgevit.ops import tokens as T
-from edgevit.pipeline import ExportOptions, run_export
-from edgevit.steps.prune import PruneError, apply_prune
+from edgevit.run.export import ExportOptions, run_export
+from edgevit.transforms import TransformError, apply, build_model
 
-from conftest import tiny_spec
+
+def apply_prune(model, spec):
+    """The transform applied in place; its facts, as manifests record them."""
+    return apply(model, spec)
 
 
 def vit(depth=4, **kw):
@@ -67,21 +71,22 @@ def test_proportional_attention_counts_merged_tokens():
 
 @pytest.mark.parametrize("spec,tokens", [("evit:0.5@1,2", [64, 33, 18, 18]), ("tome:4", [60, 56, 52, 48])])
 def test_transform_keeps_weights_and_plans_static_tokens(spec, tokens):
-    dense = vit()
-    pruned = apply_prune(vit(), spec)
-    assert pruned.edgevit_prune["tokens_per_block"] == tokens
+    dense, pruned = vit(), vit()
+    facts = apply_prune(pruned, spec)
+    assert facts["tokens_per_block"] == tokens and facts["spec"].startswith(spec.split("@")[0])
     assert dense.state_dict().keys() == pruned.state_dict().keys()  # weights load either way
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         assert pruned(x).shape == (3, 10)
-        full = apply_prune(vit(), "evit:1.0@0")  # keeping every token prunes nothing: the dense model
-        assert full.edgevit_prune["tokens_out"] == 64 and torch.allclose(full(x), dense(x), atol=1e-5)
+        full = vit()
+        facts = apply_prune(full, "evit:1.0@0")  # keeping every token prunes nothing: the dense model
+        assert facts["tokens_out"] == 64 and torch.allclose(full(x), dense(x), atol=1e-5)
 
 
 def test_distilled_models_keep_both_special_tokens():
     torch.manual_seed(0)
-    m = create_model(ModelSpec("deit_tiny_distilled", num_classes=10, img_size=32, patch_size=8,
-                               extra={"depth": 2}, prune="tome:2"))
+    m, _, _ = build_model(ModelSpec("deit_tiny_distilled", num_classes=10, img_size=32, patch_size=8,
+                                    extra={"depth": 2}, prune="tome:2"))
     assert m.num_prefix_tokens == 2 and m.blocks.prefix == 2
     with torch.inference_mode():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -90,17 +95,17 @@ def test_distilled_models_keep_both_special_tokens():
 @pytest.mark.parametrize("bad,message", [
     ("evit:0", "keep rate must be in (0, 1]"), ("evit:1.5", "keep rate must be in (0, 1]"),
     ("evit:0.7@2,9", "beyond the model's 4 blocks"), ("tome:40", "r=40 is more than block"),
-    ("tome:0", "at least 1"), ("prune:3", "unknown pruning spec"), ("evit:x", "cannot read"),
+    ("tome:0", "at least 1"), ("prune:3", "unknown transform spec"), ("evit:x", "cannot read"),
 ])
 def test_bad_specs_are_clear_errors(bad, message):
-    with pytest.raises(PruneError) as e:
+    with pytest.raises(TransformError) as e:
         apply_prune(vit(), bad)
     assert message in e.value.what and e.value.fix
 
 
 def test_a_model_that_is_not_a_vit():
     model = create_model(ModelSpec("resnet18_cifar", num_classes=10))
-    with pytest.raises(PruneError, match="needs a ViT/DeiT"):
+    with pytest.raises(TransformError, match="needs a ViT/DeiT"):
         apply_prune(model, "evit:0.7")
 
 

@@ -3,15 +3,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_spec, write_image_folder
 from PIL import Image
 
-from edgevit.calibration import calibration_set, control_set, sample_indices
 from edgevit.errors import DataError
-from edgevit.pipeline import ExportOptions, run_export
-from edgevit.steps.quantize import QuantConfig, QuantizationError, fallback, top1
+from edgevit.quant.calibration import calibration_set, control_set, sample_indices
+from edgevit.quant.config import QuantizationError
+from edgevit.quant.fallback import fallback, top1
+from edgevit.run.export import ExportOptions, run_export
 from edgevit.targets.trt_rules import check_tensorrt_rules
-
-from conftest import tiny_spec, write_image_folder
 
 CFG = {"input_size": [3, 32, 32], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
        "crop_pct": 1.0, "crop_mode": "center"}
@@ -85,7 +85,7 @@ def test_flat_folder_calibrates_and_control_set_is_disjoint(tmp_path, image_fold
 def trt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "run"
     run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=out, bench=False,
-                                         quant=QuantConfig(calib="digits", calib_size=40)))
+                                         options=dict(calib="digits", calib_size=40)))
     return out
 
 
@@ -150,7 +150,7 @@ def test_rules_check_catches_each_violation(trt_run, breakage, message):
 
 def test_norms_get_qdq_only_when_asked(tmp_path):
     out = run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=tmp_path / "r", bench=False,
-                                                quant=QuantConfig(calib="digits", calib_size=40, quantize_norms=True)))
+                                                options=dict(calib="digits", calib_size=40, quantize_norms=True)))
     path = out / "artifacts" / "tensorrt-int8" / "model.onnx"
     assert check_tensorrt_rules(path, allow_norms=True)["count"] == 0
     strict = check_tensorrt_rules(path)
@@ -275,7 +275,7 @@ def test_qat_fine_tunes_and_exports_to_every_int8_target(tmp_path):
     reproduces the fake-quantized PyTorch model (checked at export), TensorRT rules included."""
     out = run_export(tiny_spec(), ExportOptions(
         targets=["onnx-int8", "tensorrt-int8", "openvino-int8"], out=tmp_path / "r", data="digits", split="val",
-        validate_limit=40, bench=False, quant=QuantConfig(calib_size=32, qat_epochs=1, qat_batch_size=64)))
+        validate_limit=40, bench=False, options=dict(calib_size=32, qat_epochs=1, qat_batch_size=64)))
     for t in ("onnx-int8", "tensorrt-int8", "openvino-int8"):
         mf = json.loads((out / "artifacts" / t / "manifest.json").read_text())
         assert mf["export"]["form"].startswith("qat-qdq") and mf["export"]["qat"]["epochs"] == 1
@@ -288,12 +288,13 @@ def test_qat_fine_tunes_and_exports_to_every_int8_target(tmp_path):
 
 def test_calibrator_choices(tmp_path):
     out = run_export(tiny_spec(), ExportOptions(targets=["openvino-int8", "onnx-int8"], out=tmp_path / "r", bench=False,
-                                                quant=QuantConfig(calib="digits", calib_size=20, calibrator="percentile", form="static")))
+                                                options=dict(calib="digits", calib_size=20, calibrator="percentile",
+                                                             form="static")))
     for t in ("openvino-int8", "onnx-int8"):
         assert json.loads((out / "artifacts" / t / "manifest.json").read_text())["export"]["calibrator"] == "percentile"
     with pytest.raises(QuantizationError, match="unknown calibrator 'mse'"):
         run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=tmp_path / "r2", bench=False,
-                                              quant=QuantConfig(calib_size=20, calibrator="mse")))
+                                              options=dict(calib_size=20, calibrator="mse")))
     assert not (tmp_path / "r2").exists()
 
 

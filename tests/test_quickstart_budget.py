@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import re
 
-from edgevit.quickstart import (
-    DEFAULT_BUDGET_S,
-    MAX_EPOCHS,
-    MIN_EPOCHS,
-    plan_epochs,
-    quickstart_recipe,
-)
-from edgevit.recipe import quickstart_recipe as base_recipe
+from edgevit.run.quickstart import DEFAULT_BUDGET_S, MAX_EPOCHS, MIN_EPOCHS, base_recipe, plan_epochs, quickstart_recipe
 
 DIGITS = {"steps_per_epoch": 44, "val_images": 359, "batch": 32}  # 1,438 train / 359 val at val_fraction 0.2
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from edgevit.errors import RecipeError
-from edgevit.recipe import Recipe, load_recipe, quickstart_recipe
+from edgevit.run.quickstart import base_recipe as quickstart_recipe
+from edgevit.run.recipe import Recipe, load_recipe
 from edgevit.targets import TARGETS, get_target
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -47,7 +48,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_recipe_runs_training_then_export(tmp_path):
-    from edgevit.pipeline import run_recipe
+    from edgevit.run.recipe import run_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text(f"""

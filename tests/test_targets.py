@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_spec
 
 from edgevit.errors import TargetError
-from edgevit.pipeline import ExportOptions, load_artifact, run_export
+from edgevit.run.artifacts import load_artifact
+from edgevit.run.export import ExportOptions, run_export
 from edgevit.targets import PLANNED, TARGETS, get_target
-
-from conftest import tiny_spec
 
 AVAILABLE = [n for n, t in TARGETS.items() if not t.missing()]  # coremltools is in the test extras
 RUNNABLE = [n for n in AVAILABLE if not TARGETS[n].not_runnable()]  # CoreML runs on macOS only

@@ -7,15 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_spec
 
 from edgevit.errors import TargetError
-from edgevit.pipeline import ExportOptions, run_export
-from edgevit.targets import export_onnx, get_target
+from edgevit.graph import export_onnx
+from edgevit.run.export import ExportOptions, run_export
+from edgevit.targets import get_target
 from edgevit.targets import tensorrt as trtmod
-from edgevit.targets.tensorrt import (EngineOptions, EngineUnavailable, build_engine, configure, engine_unavailable,
-                                      network_flags, prepare_fp16, trtexec_args)
-
-from conftest import tiny_spec
+from edgevit.targets.trt_engine import (
+    EngineOptions,
+    EngineUnavailable,
+    build_engine,
+    configure,
+    engine_unavailable,
+    network_flags,
+    prepare_fp16,
+    trtexec_args,
+)
 
 NO_ENGINE = engine_unavailable()
 
@@ -36,7 +44,7 @@ def trt_run(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("trt-run") / "r"
     opts = ExportOptions(targets=["tensorrt-fp16", "tensorrt-int8"], out=out, data="digits", split="val",
                          validate_limit=40, iters=3, warmup=1,
-                         target_options={"tensorrt": EngineOptions(max_batch=4, timing_cache=None)})
+                         options=dict(max_batch=4, timing_cache=None))
     run_export(tiny_spec(checkpoint=str(tiny_checkpoint)), opts)
     return out
 
@@ -48,7 +56,7 @@ def test_engine_options_are_checked():
         EngineOptions(workspace_mb=4).check()
     with pytest.raises(TargetError, match="outside 0-5"):
         EngineOptions(optimization_level=9).check()
-    assert EngineOptions.from_options({"tensorrt": {"max_batch": 16}}).max_batch == 16
+    assert EngineOptions(max_batch=16).check().max_batch == 16
     assert EngineOptions(max_batch=4).shapes([3, 32, 32]) == {"input": [[1, 3, 32, 32], [1, 3, 32, 32],
                                                                         [4, 3, 32, 32]]}
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_spec, write_image_folder
 
 from edgevit.errors import CheckpointError, DataError
-from edgevit.pipeline import run_training
-from edgevit.steps.checkpoint import save_checkpoint
-from edgevit.steps.distill import DistillationError, DistillationLoss, TeacherInput, check_student
-from edgevit.steps.train import TrainConfig, TrainingError
-
-from conftest import tiny_spec, write_image_folder
+from edgevit.run.training import run_training
+from edgevit.train.checkpoint import save_checkpoint
+from edgevit.train.distill import DistillationError, DistillationLoss, TeacherInput, check_student
+from edgevit.train.engine import TrainConfig, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,9 +107,9 @@ def _sha(path):
 def test_resume_reaches_the_same_weights_bitwise(tmp_path, monkeypatch):
     """Stopped after epoch 1 of 3 and resumed == uninterrupted, bit for bit (CPU, fixed seeds)."""
     cfg = _cfg(epochs=3, ema_decay=0.9, mixup=0.5, drop_path=0.1)
-    full = run_training(tiny_spec(), cfg, "digits", tmp_path / "full")
+    full, _ = run_training(tiny_spec(), cfg, "digits", tmp_path / "full")
 
-    import edgevit.steps.train as engine
+    import edgevit.train.engine as engine
 
     real = engine._one_epoch
 
@@ -125,13 +124,13 @@ def test_resume_reaches_the_same_weights_bitwise(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 0  # the finished epoch survived the kill
     monkeypatch.setattr(engine, "_one_epoch", real)
-    resumed = run_training(tiny_spec(), cfg, "digits", tmp_path / "cut", resume=True)
+    resumed, _ = run_training(tiny_spec(), cfg, "digits", tmp_path / "cut", resume=True)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     h_full = (tmp_path / "full" / "model" / "history.jsonl").read_text().splitlines()
     h_cut = (tmp_path / "cut" / "model" / "history.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in eval(r.replace("null", "None")).items() if k != "images_per_s"}
-                          for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in eval(r.replace("null", "None")).items() if k != "images_per_s"} for r in rows]
     assert strip(h_full) == strip(h_cut) and len(h_full) == 3
 
 
@@ -156,7 +155,7 @@ def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run_training(tiny_spec(), _cfg(epochs=1), "digits", run)
     good = _sha(run / "checkpoints" / "last.pt")
-    import edgevit.steps.train as engine
+    import edgevit.train.engine as engine
 
     monkeypatch.setattr(engine, "_step", lambda p, x, y, cfg, step: (float("nan"), torch.zeros(len(y), 10)))
     with pytest.raises(TrainingError, match="loss became nan"):
@@ -175,14 +174,14 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_distill_end_to_end_and_export(tmp_path):
     """Teacher -> hard distillation into deit_tiny_distilled -> ONNX export of the averaged heads."""
-    from edgevit.pipeline import ExportOptions, run_export
+    from edgevit.run.export import ExportOptions, run_export
 
     teacher_spec = tiny_spec(name="resnet18_cifar", patch_size=None, extra={})
     run_training(teacher_spec, _cfg(epochs=1, batch_size=128), "digits", tmp_path / "teacher")
     cfg = _cfg(epochs=1, distillation="hard", teacher="resnet18_cifar",
                teacher_checkpoint=str(tmp_path / "teacher" / "model" / "weights.safetensors"))
     spec = tiny_spec(name="deit_tiny_distilled")
-    model = run_training(spec, cfg, "digits", tmp_path / "student")
+    model, _ = run_training(spec, cfg, "digits", tmp_path / "student")
     assert not model.training and not model.distilled_training
     out = run_export(spec, ExportOptions(targets=["onnx"], out=tmp_path / "student", exist_ok=True, bench=False))
     assert (out / "artifacts" / "onnx" / "model.onnx").is_file()
@@ -196,15 +195,16 @@ def test_two_process_ddp_with_gloo(tmp_path):
         import os, sys, torch, torch.distributed as dist
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         from conftest import tiny_spec
-        from edgevit.pipeline import run_training
-        from edgevit.steps.train import TrainConfig
-        model = run_training(tiny_spec(), TrainConfig(epochs=2, batch_size=32, flip=False), "digits",
+        from edgevit.run.training import run_training
+        from edgevit.train.engine import TrainConfig
+        model, _ = run_training(tiny_spec(), TrainConfig(epochs=2, batch_size=32, flip=False), "digits",
                              {str(tmp_path / 'run')!r})  # no exist_ok: only rank 0 may create it
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, flat)
         assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks diverged"
-        open(os.path.join({str(tmp_path)!r}, f"rank{{dist.get_rank()}}.ok"), "w").write("ok")  # not stdout: ranks interleave
+        # a file, not stdout: the ranks' lines interleave
+        open(os.path.join({str(tmp_path)!r}, f"rank{{dist.get_rank()}}.ok"), "w").write("ok")
         dist.destroy_process_group()
     """))
     env = {**os.environ, "EDGEVIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .readers import Cifar, Digits, ImageFolder, Transformed, load_image, read_cifar_batch
+from .readers import Cifar, Digits, ImageFolder, Transformed, is_cifar, load_image, read_cifar_batch
 
 __all__ = [
     "Cifar", "Digits", "ImageFolder", "Transformed", "load_image", "read_cifar_batch",
@@ -43,7 +43,7 @@ def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
         raise DataError(f"data source {path} is {'an archive' if archive else 'a file'}, not a folder",
                         f"unpack it first (e.g. tar -xzf {path.name}) and pass the folder it makes"
                         if archive else "pass the folder that holds the CIFAR batches or the class folders")
-    if any((path / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test")):
+    if is_cifar(path):
         return Cifar(path, "train" if split == "train" else "test"), True  # val and test: the test batch
     sub = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"],
            "all": []}

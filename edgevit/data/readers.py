@@ -152,6 +152,12 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), [int(x) for x in labels]
 
 
+def is_cifar(path: Path) -> bool:
+    """The one CIFAR detector: CIFAR-10 (``data_batch_*``/``test_batch``) or CIFAR-100 (``train``/``test``)
+    pickles in the folder."""
+    return any((Path(path) / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test"))
+
+
 class Cifar(Dataset):
     """CIFAR-10 (``data_batch_*``/``test_batch``) or CIFAR-100 (``train``/``test``) pickles."""
 

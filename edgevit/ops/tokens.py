@@ -111,3 +111,39 @@ def tome_plan(n_patches: int, depth: int, r: int) -> list[int]:
         plan.append(r)
         n -= r
     return plan
+
+
+def evit_keep_size(size: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -> torch.Tensor:
+    """The token sizes after :func:`evit_keep` (same order): kept sizes, then the fused token's,
+    the sum of the pruned ones. Used when EViT follows ToMe merging in one model."""
+    patches = size[:, prefix:]
+    order = cls_attn.topk(patches.shape[1], dim=1).indices
+    kept = patches.gather(1, order[:, :keep].unsqueeze(-1))
+    fused = patches.gather(1, order[:, keep:].unsqueeze(-1)).sum(1, keepdim=True)
+    return torch.cat([size[:, :prefix], kept, fused], dim=1)
+
+
+def token_plan(n_patches: int, depth: int, keep_rate: float | None = None, locations: list[int] | None = None,
+               r: int = 0) -> tuple[list[int | None], list[int]]:
+    """The composed plan of ToMe merging (``r`` per block) and EViT pruning (``keep_rate`` at
+    ``locations``): (patch tokens kept after each block or None, tokens merged in each block).
+    Within a block, pruning comes first (it ranks tokens by that block's attention). Alone, each
+    equals :func:`evit_plan` / :func:`tome_plan`."""
+    import math
+
+    keep: list[int | None] = []
+    merge: list[int] = []
+    n = n_patches
+    for i in range(depth):
+        k = max(1, math.ceil(keep_rate * n)) if keep_rate is not None else n
+        if keep_rate is not None and i in (locations or ()) and k < n:
+            keep.append(k)
+            n = k + 1
+        else:
+            keep.append(None)
+        if r and r > n // 2:
+            raise ValueError(f"r={r} is more than block {i} allows: it has {n} patch tokens, so at most {n // 2} "
+                             f"can merge (ToMe merges half the tokens at most per block)")
+        merge.append(r)
+        n -= r
+    return keep, merge

@@ -20,14 +20,18 @@ from __future__ import annotations
 import logging
 import platform
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ExportError, TargetError
-from .base import Runner, Target
-from .onnx import INPUT, OUTPUT
+from ..graph import INPUT, OUTPUT
+from ..quant.config import CalibOptions
+from .base import ExportContext, Runner, Target, register
+from .int8 import INT8_SECTION, int8_row
+from .tensorrt import DEVICE_SECTION
 
 PACKAGE = "model.mlpackage"
 INT8_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
@@ -115,24 +119,29 @@ def inspect_package(pkg: Path) -> dict[str, Any]:
             "int8_activation_ops": ops.get("quantize", 0), "weights_bytes": weights}
 
 
+@dataclass
+class CoreMLInt8Options(CalibOptions):
+    coreml_w8a8: bool = False  # int8 activations too (calibrated on --calib; coremltools runs the model: macOS)
+
+
 class CoreMLTarget(Target):
     backend = "coreml"
     requires = ("coremltools",)
+    records = ("coremltools",)
     model_file = PACKAGE
 
-    def export(self, onnx_fp32: Path, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-        model, size = options.get("torch_model"), options.get("input_size")
+    def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
+        model, size = ctx.torch_model, ctx.input_size
         if model is None or size is None:
             raise ExportError(f"target {self.name!r} converts the PyTorch model, and none was passed",
-                              "export through edgevit.pipeline.run_export (or pass options torch_model/input_size)")
+                              "export through edgevit.api.export (or pass ExportContext.torch_model)")
         mlmodel = convert(model, list(size))
-        cfg = options.get("quant")
         facts: dict[str, Any] = {"converter": "torch.export + coremltools mlprogram", "minimum_target": "iOS17",
                                  "compute_precision": "fp16", "batch": "1 (static)"}
         if self.precision == "int8":
-            w8a8 = bool(cfg and cfg.coreml_w8a8)
+            w8a8 = bool(ctx.options.coreml_w8a8)
             if w8a8:
-                mlmodel = quantize_activations(mlmodel, options["calib"].images)
+                mlmodel = quantize_activations(mlmodel, ctx.calib.images)
             mlmodel = quantize_weights(mlmodel)
             facts.update(weights="int8 symmetric per-channel", activations="int8 (calibrated)" if w8a8 else
                          "fp16 (weight-only int8)", form="coremltools linear_quantize_weights"
@@ -141,12 +150,25 @@ class CoreMLTarget(Target):
         facts["structure"] = self.check_structure(out_dir, list(size))
         return facts
 
-    def needs_calibration_for(self, cfg) -> bool:
-        return self.precision == "int8" and bool(cfg.coreml_w8a8)
+    def needs_calibration(self, options) -> bool:
+        return bool(getattr(options, "coreml_w8a8", False))
 
-    def check_options(self, cfg) -> None:
-        if self.precision == "int8" and cfg is not None and cfg.coreml_w8a8:
+    def check_options(self, options) -> None:
+        super().check_options(options)
+        if getattr(options, "coreml_w8a8", False):
             refuse_w8a8_off_mac()
+
+    def report_rows(self, manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+        rows = {INT8_SECTION: int8_row(manifest)} if self.precision == "int8" else {}
+        s, check = manifest.get("export", {}).get("structure", {}), manifest.get("check_vs_pytorch", {})
+        ins = ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in s.get("inputs", []))
+        outs = ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in s.get("outputs", []))
+        status = f"not run here: {check['skipped']}" if "skipped" in check else "run and checked here"
+        rows[DEVICE_SECTION] = {"target": manifest["target"], "size MB": f"{manifest.get('size_bytes', 0) / 2**20:.1f}",
+                                "status": status, "detail": f"structure checked: {ins} -> {outs}; {s.get('op_total')} "
+                                f"ops, {s.get('int8_weight_ops')} int8 weight ops, weights "
+                                f"{s.get('weights_bytes', 0) / 2**20:.1f} MB"}
+        return rows
 
     def check_structure(self, art_dir: Path, input_size: list[int]) -> dict[str, Any]:
         s = inspect_package(art_dir / PACKAGE)
@@ -187,3 +209,14 @@ class CoreMLTarget(Target):
     def size_bytes(self, art_dir: Path) -> int:
         return sum(p.stat().st_size for p in (art_dir / PACKAGE).rglob("*") if p.is_file())
 
+
+class CoreMLInt8Target(CoreMLTarget):
+    Options = CoreMLInt8Options
+
+
+register(
+    CoreMLTarget("coreml", "fp16", "CoreML ML Program package, fp16 (torch.export + coremltools); runs on "
+                 "macOS/iOS, checked structurally elsewhere"),
+    CoreMLInt8Target("coreml-int8", "int8", "CoreML package with int8 per-channel weights (--coreml-w8a8: int8 "
+                     "activations too, built on macOS)"),
+)

@@ -8,13 +8,16 @@ The precision the runtime really used is recorded with every prediction and benc
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import Runner, Target
+from ..quant.config import QuantConfig
+from .base import ExportContext, Runner, Target, register
+from .int8 import QAT_FACTS, Int8Target
 
 
 @lru_cache(maxsize=1)
@@ -27,9 +30,10 @@ def _core():
 class OpenVinoTarget(Target):
     backend = "openvino"
     requires = ("openvino",)
+    records = ("openvino",)
     model_file = "model.xml"
 
-    def export(self, onnx_fp32: Path, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
         import openvino as ov
 
         model = ov.convert_model(str(onnx_fp32))
@@ -78,3 +82,32 @@ def _short(precision: str) -> str:
     p = precision.strip("'>").lower()
     return {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "bf16": "bf16",
             "float16": "fp16", "f16": "fp16"}.get(p, p)
+
+
+@dataclass
+class OpenVinoInt8Options(QuantConfig):
+    smooth_quant: float | None = None  # SmoothQuant alpha on MatMuls; None: NNCF's default (0.95), -1: off
+
+
+class OpenVinoInt8Target(Int8Target, OpenVinoTarget):
+    """NNCF post-training int8 for OpenVINO (``ModelType.TRANSFORMER``, symmetric, SmoothQuant)."""
+
+    form = "nncf"
+    requires = ("openvino", "nncf")
+    records = ("openvino", "nncf")
+    Options = OpenVinoInt8Options
+
+    def convert_qat(self, qat_onnx: Path, dst: Path) -> dict[str, Any]:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(qat_onnx)), str(dst), compress_to_fp16=False)
+        return {**QAT_FACTS, "form": "qat-qdq (converted by OpenVINO)"}
+
+
+register(
+    OpenVinoTarget("openvino", "fp32", "OpenVINO IR, fp32 weights, inference pinned to f32"),
+    OpenVinoTarget("openvino-fp16", "fp16", "OpenVINO IR, fp16 weights, the device's default inference precision "
+                   "(bf16 on AVX512-BF16/AMX CPUs)"),
+    OpenVinoInt8Target("openvino-int8", "int8", "OpenVINO IR quantized by NNCF (transformer preset, SmoothQuant, "
+                       "LayerNorm/Softmax/head float)"),
+)

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import EMBEDDED, eval_transform, open_source
-from .data.readers import IMG_EXTENSIONS, image_bytes, image_files, image_mode, load_image, warn_skipped
-from .errors import DataError
+from ..data import EMBEDDED, eval_transform, open_source
+from ..data.readers import IMG_EXTENSIONS, image_bytes, image_files, image_mode, is_cifar, load_image, warn_skipped
+from ..errors import DataError
+from ..manifest import atomic_path
 
 DEFAULT_CACHE = "default"  # $EDGEVIT_CALIB_CACHE, else calibration/cache under the working directory
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -62,7 +63,7 @@ def open_calibration_source(source: str | Path):
     if str(source) != EMBEDDED:
         path = Path(source)
         if path.is_dir() and not any(p.is_dir() for p in path.iterdir() if not p.name.startswith(".")) \
-                and not _is_cifar(path):
+                and not is_cifar(path):
             flat = _Flat(path)
             if not len(flat):
                 raise DataError(f"calibration folder {path} holds no images",
@@ -75,9 +76,6 @@ def open_calibration_source(source: str | Path):
         raise DataError(f"calibration source: {e.what}", e.fix) from e
     return reader, True
 
-
-def _is_cifar(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("data_batch_1", "test_batch", "train", "test"))
 
 
 def sample_indices(targets: list[int], n: int, seed: int) -> list[int]:
@@ -199,7 +197,5 @@ def _read_cache(path: Path, meta: dict[str, Any]) -> np.ndarray | None:
 
 
 def _write_cache(path: Path, images: np.ndarray, meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, images=images, meta=np.array(json.dumps(meta)))

@@ -7,34 +7,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench.validate import torch_predict
-from .errors import ExportError
-from .models import ModelSpec
-from .targets import Target
+from ..errors import ExportError
+from ..models import ModelSpec
+from .validate import torch_predict
 
 # Largest |artifact - torch| on real images, relative to the largest |torch logit|, per precision.
 # int8 is a sanity bound (a broken graph is far off); its accuracy is what validation measures.
 TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.1, "int8": 1.0, "pruned": 0.02}
 
 
-def checked_outputs(target: Target, runner, model: torch.nn.Module, sample: np.ndarray,
-                     manifest: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    # int8 graphs from QAT reproduce the fine-tuned fake-quantized model, not the float one
-    reference = options.get("reference_model") if target.precision == "int8" else None
+def checked_outputs(name: str, precision: str, runner, model: torch.nn.Module, sample: np.ndarray,
+                    float_logits: np.ndarray | None = None, reference: torch.nn.Module | None = None,
+                    pruned: bool = False) -> dict[str, Any]:
+    """Check artifact ``name`` (declared ``precision``) against PyTorch on ``sample``. ``reference``:
+    the fake-quantized QAT model an int8 graph from QAT reproduces, instead of the float one."""
     check = (output_check(runner, reference, sample) if reference is not None
-             else output_check(runner, model, sample, ref=options.get("float_logits")))
+             else output_check(runner, model, sample, ref=float_logits))
     check["reference"] = "the fake-quantized QAT model" if reference is not None else "the float model"
-    precision = target.precision if target.precision == "int8" else runner.info.get("precision")
-    tol = TOLERANCE.get(precision or target.precision, TOLERANCE["fp16"])
+    runtime = precision if precision == "int8" else runner.info.get("precision")
+    tol = TOLERANCE.get(runtime or precision, TOLERANCE["fp16"])
     if reference is not None:  # the same int8 arithmetic on both sides: only rounding differs
         tol = TOLERANCE["fp16"]
-    if manifest.get("prune"):  # top-k/argsort choices can flip on near-ties between runtimes
+    if pruned:  # top-k/argsort choices can flip on near-ties between runtimes
         tol = max(tol, TOLERANCE["pruned"])
     if check["rel_max_abs_diff"] > tol:
         raise ExportError(
-            f"target {target.name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
+            f"target {name!r}: outputs differ from PyTorch by {check['max_abs_diff']:.3g} "
             f"({check['rel_max_abs_diff']:.2%} of the largest logit; allowed {tol:.2%}) on "
-            f"{len(sample)} real images", "report this with the run's run.json; try another --opset or target")
+            f"{len(sample)} real images", "report this with the run's run.json; try another target")
     return check
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, describe
+from ..manifest import atomic_path
 
 FORMAT = "edgevit-train"
 VERSION = 1
@@ -25,16 +26,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     if bad:
         raise FloatingPointError(f"weights became non-finite ({', '.join(bad[:3])}); the checkpoint at {path} "
                                  "from the last good epoch is kept: resume from it with a lower --lr")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         torch.load(tmp, map_location="cpu", weights_only=True)  # what we wrote reads back
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -2,7 +2,7 @@
 
 AdamW, cosine schedule with warm-up, label smoothing, Mixup/CutMix, RandAugment, random erasing,
 stochastic depth (a model option), EMA of weights, gradient clipping, mixed precision on CUDA,
-repeated augmentation; distillation through :class:`~edgevit.steps.distill.DistillationLoss`.
+repeated augmentation; distillation through :class:`~edgevit.train.distill.DistillationLoss`.
 
 Every epoch re-seeds every RNG from ``(seed, epoch)`` and checkpoints atomically, so a run killed
 mid-epoch resumes from the last finished epoch and reaches the same weights bit for bit (CPU).
@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..bench.validate import accuracy_row
 from ..errors import EdgeVitError, describe
+from ..eval.validate import accuracy_row
+from ..manifest import write_bytes
 from ..progress import progress_bar, say
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import KINDS, DistillationError, DistillationLoss, TeacherInput, check_student
@@ -202,7 +203,7 @@ class Parts:
 
 
 def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, rank, world, device,
-           single_head_kd: bool = False) -> Parts:
+           single_head_kd: bool = False, teacher_data_config: dict | None = None) -> Parts:
     from timm.data import Mixup
     from timm.data.distributed_sampler import RepeatAugSampler
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -236,7 +237,7 @@ def _build(model, train_ds, cfg: TrainConfig, data_cfg, teacher, num_classes, ra
         from ..data import data_config
 
         teacher.to(device)
-        t_cfg = getattr(teacher, "edgevit_data_config", None) or data_config(teacher)
+        t_cfg = teacher_data_config or data_config(teacher)
         t_in = TeacherInput(data_cfg, t_cfg).to(device)
     crit = DistillationLoss(base, teacher, cfg.distillation, cfg.alpha, cfg.tau, t_in, single_head=single_head_kd)
     ema = ModelEmaV3(_unwrap(model), decay=cfg.ema_decay) if cfg.ema_decay else None
@@ -297,8 +298,8 @@ def _one_epoch(p: Parts, cfg: TrainConfig, epoch: int, show: bool) -> dict[str, 
 
 def fit(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, run_dir: Path,
         data_cfg: dict[str, Any], num_classes: int, model_name: str, teacher: torch.nn.Module | None = None,
-        resume: bool = False, spec: dict[str, Any] | None = None, single_head_kd: bool = False
-        ) -> list[dict[str, Any]]:
+        resume: bool = False, spec: dict[str, Any] | None = None, single_head_kd: bool = False,
+        teacher_data_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place (the EMA weights when ``ema_decay``); returns one metrics row per epoch.
 
     Writes ``run_dir/checkpoints/last.pt`` after every epoch and ``run_dir/model/history.jsonl``
@@ -315,7 +316,8 @@ def fit(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: 
     seed_everything(cfg.seed)
     ckpt = Path(run_dir) / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt, model_name) if resume else None  # fail before any work
-    p = _build(model, train_ds, cfg, data_cfg, teacher, num_classes, rank, world, device, single_head_kd)
+    p = _build(model, train_ds, cfg, data_cfg, teacher, num_classes, rank, world, device, single_head_kd,
+               teacher_data_config)
     history: list[dict[str, Any]] = []
     start = 0
     if state is not None:
@@ -377,7 +379,4 @@ def _restore(p: Parts, state: dict[str, Any]) -> None:
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    os.replace(tmp, path)
+    write_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())

@@ -248,7 +248,7 @@ def ensure_nncf_extensions(say: Callable[[str], Any] = progress_say, extensions:
     return {ext.kind: _load(ext, timeout, say) for ext in exts}
 
 
-if __name__ == "__main__":  # python -m edgevit.steps.nncf_ext: pre-build, e.g. in a CI setup step
+if __name__ == "__main__":  # python -m edgevit.quant.nncf_ext: pre-build, e.g. in a CI setup step
     import logging
 
     logging.getLogger("nncf").setLevel(logging.WARNING)

@@ -13,10 +13,15 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from .errors import RecipeError, describe
-from .steps.quantize import QuantConfig
-from .targets.tensorrt import EngineOptions
-from .steps.train import TrainConfig
+from .. import transforms
+from ..errors import EdgeVitError, ExportError, RecipeError, describe
+from ..models import ModelSpec
+from ..targets import option_fields
+from ..train.engine import TrainConfig, resume_config
+from .export import ExportOptions, run_export
+from .training import run_training, train_then_export
+
+MOVED = {"quant": "options", "tensorrt": "options"}  # sections of earlier versions, merged into options:
 
 
 @dataclass
@@ -28,6 +33,7 @@ class ModelSection:
     img_size: int | None = None
     patch_size: int | None = None
     extra: dict = field(default_factory=dict)  # other timm create_model kwargs, e.g. depth
+    prune: str | None = None  # transforms, composed with '+': evit:0.7, tome:8, evit:0.7+tome:4
 
 
 @dataclass
@@ -40,7 +46,6 @@ class DataSection:
 
 
 TrainSection = TrainConfig  # the recipe's train: section is the training engine's own config
-QuantSection = QuantConfig  # quant: is the int8 stage's own config (calibration, --max-drop, QAT)
 
 
 @dataclass
@@ -58,8 +63,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     train: TrainConfig | None = None
     targets: list = field(default_factory=lambda: ["onnx", "openvino"])
-    quant: QuantConfig | None = None
-    tensorrt: EngineOptions | None = None  # engine build options of the tensorrt-* targets
+    options: dict = field(default_factory=dict)  # target options by name (`edgevit targets --options`)
     bench: BenchSection = field(default_factory=BenchSection)
     out: str = "runs/run"
 
@@ -86,15 +90,46 @@ def _build(cls, raw: Any, where: str, file: str, problems: _Problems | None = No
     kwargs = {}
     for key, value in raw.items():
         path = f"{where}.{key}" if where else str(key)
+        if key in MOVED and key not in known:
+            problems.add(f"section '{path}' is now part of '{MOVED[key]}'",
+                         f"move its keys under '{MOVED[key]}:' (one mapping of target options)")
+            continue
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             problems.add(f"unknown field '{path}'",
                          f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(known))}")
             continue
-        kwargs[key] = _convert(hints[key], value, path, file, problems)
+        kwargs[key] = (_options(value, path, file, problems) if cls is Recipe and key == "options"
+                       else _convert(hints[key], value, path, file, problems))
+        if cls is ModelSection and key == "prune" and isinstance(value, str):
+            _check_transforms(value, path, problems)
     if own:
         _raise_all(problems, file)
     return None if problems else cls(**kwargs)
+
+
+def _options(raw: Any, where: str, file: str, problems: _Problems) -> dict[str, Any]:
+    """The options: section, each key checked against the target options table and typed by it."""
+    if not isinstance(raw, dict):
+        problems.add(f"field '{where}' must be a mapping of target options",
+                     "write 'options:' then 'name: value' lines")
+        return {}
+    table, out = option_fields(), {}
+    for key, value in raw.items():
+        if key not in table:
+            close = difflib.get_close_matches(str(key), table, n=1)
+            problems.add(f"unknown target option '{where}.{key}'",
+                         f"did you mean '{close[0]}'?" if close else "see `edgevit targets --options`")
+            continue
+        out[key] = _convert(table[key].type, value, f"{where}.{key}", file, problems)
+    return out
+
+
+def _check_transforms(text: str, where: str, problems: _Problems) -> None:
+    try:
+        transforms.parse(text)
+    except EdgeVitError as e:  # reported with the recipe's other problems
+        problems.add(f"field '{where}': {e.what}", e.fix or "see `edgevit prune --help`")
 
 
 def _raise_all(problems: _Problems, file: str) -> None:
@@ -116,7 +151,7 @@ def _convert(hint, value, path: str, file: str, problems: _Problems | None = Non
 
 
 def _convert_one(hint, value, path: str, file: str, problems: _Problems):
-    sections = {ModelSection, DataSection, TrainConfig, QuantConfig, EngineOptions, BenchSection}
+    sections = {ModelSection, DataSection, TrainConfig, BenchSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
@@ -158,21 +193,53 @@ def load_recipe(path: str | Path) -> Recipe:
     return _build(Recipe, raw, "", str(path))
 
 
-def quickstart_recipe() -> Recipe:
-    """The offline default: a 6-block DeiT-Ti at 32 px (patch 4) trained briefly on the embedded digits.
+def spec_from_recipe(recipe: Recipe) -> ModelSpec:
+    m = recipe.model
+    return ModelSpec(name=m.name, num_classes=m.num_classes, img_size=m.img_size, patch_size=m.patch_size,
+                     checkpoint=m.checkpoint, pretrained=m.pretrained and not m.checkpoint, extra=dict(m.extra),
+                     prune=m.prune)
 
-    Measured on 2 cores: about 3.5 min of training to 85 % top-1 on the 359 held-out digits.
-    """
-    from .targets import TARGETS
 
-    return Recipe(
-        model=ModelSection(name="deit_tiny", pretrained=False, num_classes=10, img_size=32, patch_size=4,
-                           extra={"depth": 6}),
-        data=DataSection(source="digits", split="val", val_fraction=0.2, seed=0),
-        train=TrainConfig(epochs=20, batch_size=32, lr=1e-3, warmup_epochs=1, flip=False),
-        targets=list(TARGETS),
-        quant=QuantConfig(calib_size=300),
-        tensorrt=EngineOptions(max_batch=8, workspace_mb=1024),
-        bench=BenchSection(batch=1, warmup=10, iters=50),
-        out="runs/quickstart",
-    )
+def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
+    """Run a :class:`Recipe`: optional training, then the export pipeline."""
+    spec, d, b = spec_from_recipe(recipe), recipe.data, recipe.bench
+    opts = ExportOptions(targets=list(recipe.targets), out=Path(recipe.out), data=d.source, split=d.split,
+                         val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
+                         bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
+                         options=dict(recipe.options), extra={"recipe": recipe.to_dict()})
+    if recipe.train is None:
+        return run_export(spec, opts)
+    if not d.source:
+        raise ExportError("the recipe has a 'train' section but no 'data.source'",
+                          "set data.source to 'digits', a CIFAR folder or an ImageFolder")
+    return train_then_export(spec, opts, lambda: run_training(
+        spec, recipe.train, d.source, opts.out, split=d.split, val_fraction=d.val_fraction, seed=d.seed,
+        exist_ok=True))
+
+
+def train_config(recipe: str | Path | None = None, sets: list[str] = (), resume_run: Path | None = None,
+                 model_name: str = "", **given: Any) -> TrainConfig:
+    """A TrainConfig from a recipe's train: section, then ``sets`` (``KEY=VALUE``, YAML values), then
+    ``given`` (None: not given); with ``resume_run``, the run's own options, which those given must
+    not change."""
+    base = load_recipe(recipe).train if recipe else None
+    explicit = dataclasses.asdict(base) if base else {}
+    hints = get_type_hints(TrainConfig)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise RecipeError(f"--set {item!r} is not KEY=VALUE", "e.g. --set mixup=0.8")
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            raise RecipeError(f"--set: unknown training option {key!r}",
+                              f"did you mean {close[0]!r}?" if close else f"known: {', '.join(hints)}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({describe(e)})",
+                              "quote it, or write numbers and lists as in a recipe") from e
+        explicit[key] = _convert(hints[key], value, f"train.{key}", "--set")
+    explicit.update({k: v for k, v in given.items() if v is not None})
+    if resume_run is not None:
+        return resume_config(resume_run, model_name, explicit)
+    return TrainConfig(**explicit)

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..manifest import read_run, write_json
-from .sections import load_json as _load, int8_facts, int8_html, int8_markdown, package_facts, package_html, package_markdown
+from ..manifest import read_run, write_bytes, write_json
 from .device import device_rows, is_device_row
+from .sections import load_json as _load
+from .sections import sections_html, sections_markdown, target_sections
 
 DEVICE_COLOR = "#76b900"  # rows measured on an edge device (results/device.json)
 COLUMNS = [  # (key, header, format)
@@ -40,8 +41,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     devices = device_rows(run_dir)
     history = [json.loads(line) for line in (run_dir / "model" / "history.jsonl").read_text().splitlines()
                if line.strip()] if (run_dir / "model" / "history.jsonl").exists() else []
-    return {"run": run, "rows": ordered + devices, "training": history, "int8": int8_facts(run_dir),
-            "packages": package_facts(run_dir),
+    return {"run": run, "rows": ordered + devices, "training": history, "sections": target_sections(run_dir),
             "device": [device_facts(r) for r in devices]}
 
 
@@ -198,10 +198,19 @@ def markdown(data: dict[str, Any]) -> str:
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in data["rows"]:
         lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + f" | {'★' if r.get('pareto') else ''} |")
-    lines += int8_markdown(data.get("int8", []))
-    lines += package_markdown(data.get("packages", []))
+    lines += sections_markdown(data.get("sections", {}))
     lines += device_markdown(data.get("device", []))
     return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.5em} img{max-width:100%;border:1px solid #ddd;border-radius:6px}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+td,th{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right}
+td:first-child,th:first-child{text-align:left} th{background:#f6f6f6}
+tr.pareto td{background:#eefbea;font-weight:600}
+.note{color:#666;font-size:.9em} .headline{font-size:1.1em} h2{font-size:1.2em}"""
 
 
 def html_page(data: dict[str, Any], png: Path | None) -> str:
@@ -227,21 +236,20 @@ def html_page(data: dict[str, Any], png: Path | None) -> str:
         ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
         ("command", run.get("command")), ("created", run.get("created")),
         ("versions", ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit report</title><style>
-body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
-h1{{font-size:1.5em}} img{{max-width:100%;border:1px solid #ddd;border-radius:6px}}
-table{{border-collapse:collapse;margin:1em 0;font-size:.92em}} td,th{{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right}}
-td:first-child,th:first-child{{text-align:left}} th{{background:#f6f6f6}} tr.pareto td{{background:#eefbea;font-weight:600}}
-.note{{color:#666;font-size:.9em}} .headline{{font-size:1.1em}} h2{{font-size:1.2em}}</style></head><body>
+    first = data["rows"][0] if data["rows"] else {}
+    sections = sections_html(data.get("sections", {})) + device_html(data.get("device", []))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit report</title><style>{STYLE}</style>
+</head><body>
 <h1>edgevit report: {html.escape(run['model']['name'])}</h1>
 <p class="headline">{html.escape(headline(data['rows']))}</p>
 {img}
 <table><tr>{head}</tr>{body}</table>
 <p class="note">Green rows are on the Pareto front (no other artifact is both faster and at least as accurate).
 Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
-{data['rows'][0].get('batch', '?') if data['rows'] else '?'}, {data['rows'][0].get('threads', '?') if data['rows'] else '?'} thread(s), after warm-up. Peak MB is the resident
-memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running only).</p>
-{int8_html(data.get("int8", []))}{package_html(data.get("packages", []))}{device_html(data.get("device", []))}{train}<ul class="note">{facts}</ul></body></html>"""
+{first.get('batch', '?')}, {first.get('threads', '?')} thread(s), after warm-up. Peak MB is the resident
+memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running
+only).</p>
+{sections}{train}<ul class="note">{facts}</ul></body></html>"""
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
@@ -302,8 +310,8 @@ def write_report(run_dir: Path) -> Path:
     png = plot(data["rows"], f"{data['run']['model']['name']} @ {data['run']['data_config']['input_size'][-1]}px",
                run_dir / "plot.png")
     write_json(run_dir / "report.json", data)
-    (run_dir / "report.md").write_text(markdown(data))
-    (run_dir / "report.html").write_text(html_page(data, png))
+    write_bytes(run_dir / "report.md", markdown(data).encode())
+    write_bytes(run_dir / "report.html", html_page(data, png).encode())
     return run_dir / "report.html"
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, EdgeVitError, ModelError
+from ..models import HEAD_MODULES, ModelSpec, create_model, load_state_dict
 
 KINDS = ("none", "soft", "hard")
 
@@ -94,9 +95,9 @@ def check_student(model: torch.nn.Module, kind: str, name: str) -> None:
 
 
 def load_teacher(name: str, checkpoint: str | None, num_classes: int, img_size: int | None = None,
-                 extra: dict | None = None) -> torch.nn.Module:
-    """A frozen teacher in eval mode: any timm/zoo name with hub weights, or a local checkpoint."""
-    from ..models import ModelSpec, create_model, load_state_dict
+                 extra: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """A frozen teacher in eval mode: any timm/zoo name with hub weights, or a local checkpoint; with
+    the preprocessing it was trained with when an edgevit run made it (else None: timm's)."""
 
     spec = ModelSpec(name=name, checkpoint=checkpoint, pretrained=checkpoint is None,
                      img_size=img_size, extra=dict(extra or {}))
@@ -108,7 +109,7 @@ def load_teacher(name: str, checkpoint: str | None, num_classes: int, img_size: 
         if not Path(checkpoint).is_file():
             raise CheckpointError(f"teacher checkpoint {checkpoint} does not exist", "check --teacher-checkpoint")
         state = load_state_dict(Path(checkpoint))  # its head says how many classes the teacher predicts
-        head = next((state[k] for k in ("head.weight", "fc.weight", "classifier.weight") if k in state), None)
+        head = next((state[f"{m}.weight"] for m in HEAD_MODULES if f"{m}.weight" in state), None)
         spec.num_classes = int(head.shape[0]) if head is not None else None
     teacher = create_model(spec)
     n = _num_outputs(teacher)
@@ -119,9 +120,7 @@ def load_teacher(name: str, checkpoint: str | None, num_classes: int, img_size: 
             "and pass its weights with --teacher-checkpoint")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if made_by:
-        teacher.edgevit_data_config = made_by["data_config"]  # the preprocessing it was trained with
-    return teacher.eval()
+    return teacher.eval(), (made_by["data_config"] if made_by else None)
 
 
 def _edgevit_run_of(checkpoint: str | None) -> dict | None:

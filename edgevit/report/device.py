@@ -34,7 +34,8 @@ def load_device_results(path: str | Path) -> dict[str, Any]:
     """Read and check one device-results file; every problem is an ArtifactError naming the file and field."""
     path = Path(path)
     if not path.is_file():
-        raise _bad(path, "no such file", "pass the JSON that edgevit_jetson.sh wrote (its --out), copied from the board")
+        raise _bad(path, "no such file",
+                   "pass the JSON that edgevit_jetson.sh wrote (its --out), copied from the board")
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, ValueError) as e:
@@ -87,7 +88,7 @@ def _onnx_sha256(run_dir: Path, target: str | None) -> str | None:
     onnx = run_dir / "artifacts" / str(target) / "model.onnx"
     if not target or not onnx.is_file():
         return None
-    from ..models import sha256_file
+    from ..manifest import sha256_file
 
     return sha256_file(onnx)
 

@@ -16,27 +16,36 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..data import load_split
 from ..errors import DataError
-from ..targets.onnx import INPUT, OPSET, OUTPUT
+from ..graph import INPUT, OPSET, OUTPUT
+from ..train.engine import TrainConfig, fit, train_transform
+from .config import QuantConfig, head_pattern
 from .nncf_ext import ensure_nncf_extensions
 
 
+@dataclass
+class QatGraph:
+    """What QAT hands the int8 targets: the Q/DQ ONNX they convert, the fake-quantized model their
+    outputs must reproduce, and the facts for their manifests."""
+
+    onnx: Path
+    reference_model: torch.nn.Module
+    facts: dict[str, Any]
+
+
 def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: str, data_cfg: dict[str, Any],
-                   qcfg, run_dir: Path, onnx_path: Path, val_fraction: float = 0.2, seed: int = 0
-                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Fine-tune an int8 fake-quantized copy of ``model`` on ``data`` and export it to ``onnx_path``.
-
-    Returns the fake-quantized PyTorch model (what the exported graphs must reproduce) and facts."""
+                   qcfg: QuantConfig, run_dir: Path, onnx_path: Path, val_fraction: float = 0.2, seed: int = 0
+                   ) -> QatGraph:
+    """Fine-tune an int8 fake-quantized copy of ``model`` on ``data`` and export it to ``onnx_path``."""
     import nncf
-
-    from ..data import load_split
-    from .train import TrainConfig, fit, train_transform
 
     if not data:
         raise DataError("QAT (--qat-epochs) needs labelled training images", "pass --data (its train split is used)")
@@ -51,7 +60,7 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
     dataset = nncf.Dataset([torch.from_numpy(calib[i:i + 1]) for i in range(len(calib))])
     qmodel = nncf.quantize(copy.deepcopy(model).eval(), dataset, subset_size=len(calib),
                            model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
-                           ignored_scope=nncf.IgnoredScope(patterns=[r"^(head|head_dist|fc)/.*"], validate=False),
+                           ignored_scope=nncf.IgnoredScope(patterns=[head_pattern()], validate=False),
                            advanced_parameters=adv)
     tcfg = TrainConfig(epochs=qcfg.qat_epochs, batch_size=qcfg.qat_batch_size, lr=qcfg.qat_lr, min_lr=qcfg.qat_lr / 10,
                        warmup_epochs=0, label_smoothing=0.0, weight_decay=0.0, seed=seed,
@@ -62,13 +71,13 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
                   teacher=float_model if qcfg.qat_distill else None, single_head_kd=True)
     qmodel.cpu().eval()
     n = export_qdq(qmodel, int(data_cfg["input_size"][-1]), onnx_path)
-    return qmodel, {"qat": {"epochs": tcfg.epochs, "lr": tcfg.lr, "batch_size": tcfg.batch_size,
+    return QatGraph(onnx_path, qmodel, {"qat": {"epochs": tcfg.epochs, "lr": tcfg.lr, "batch_size": tcfg.batch_size,
                     "distillation": "soft KD from the float model" if qcfg.qat_distill else "none",
                     "train_images": len(train_ds), "final_train_loss": history[-1]["train_loss"] if history else None,
                     "quantizers": n, "tool": f"nncf {nncf.__version__} (torch)",
                     "overflow_fix": ("7-bit weights: this CPU has no VNNI, where 8-bit int8 kernels saturate"
                                      if overflow else "off: full 8-bit weights"),
-                    "nncf_kernels": {kind: k["kernels"] for kind, k in kernels.items()}}}
+                    "nncf_kernels": {kind: k["kernels"] for kind, k in kernels.items()}}})
 
 
 def int8_saturates_here() -> bool:
@@ -102,8 +111,12 @@ def snap_weights(qmodel, example: torch.Tensor) -> None:
     NNCF's weight range is [-127, 127] but ONNX's QuantizeLinear clamps to [-128, 127]."""
     from nncf.torch.function_hook.hook_storage import decode_hook_name
     from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
-    from nncf.torch.model_graph_manager import (get_const_node, get_module_by_name, get_weight_tensor_port_ids,
-                                                split_const_name)
+    from nncf.torch.model_graph_manager import (
+        get_const_node,
+        get_module_by_name,
+        get_weight_tensor_port_ids,
+        split_const_name,
+    )
 
     graph = build_nncf_graph(qmodel, example)
     for hook_name, q in _quantizers(qmodel).items():

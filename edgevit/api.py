@@ -1,0 +1,148 @@
+"""edgevit's public Python API: one typed verb per stage. The ``edgevit`` command and the
+benchmarks call these, so everything the CLI does, a script can do::
+
+    from edgevit import api
+    from edgevit.api import ExportOptions, ModelSpec
+
+    spec = ModelSpec("deit_tiny", checkpoint="deit_tiny.pth", prune="evit:0.7")
+    run_dir = api.export(spec, ExportOptions(targets=["onnx", "openvino-int8"], out="runs/ti",
+                                             data="imagenet/val", options={"calib_size": 300}))
+
+Every verb checks its inputs before any work and raises an :class:`~edgevit.errors.EdgeVitError`
+(with ``what`` and ``fix``) on bad input, leaving nothing half-written behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ArtifactError
+from .models import ModelEntry, ModelSpec
+from .models import list_models as _zoo
+from .report.device import merge_device_results
+from .report.report import write_report
+from .run.artifacts import bench_artifacts, validate_artifacts
+from .run.export import ExportOptions, run_export
+from .run.quickstart import Plan, quickstart_recipe
+from .run.recipe import Recipe, load_recipe, run_recipe, train_config
+from .run.training import run_pruned, run_training
+from .targets import OptionField, Target, get_target, option_fields, read_manifest
+from .targets import list_targets as _targets
+from .targets.tensorrt import TensorRtTarget
+from .targets.trt_engine import EngineOptions
+from .train.distill import DistillationError
+from .train.engine import TrainConfig
+
+__all__ = ["ModelSpec", "ExportOptions", "TrainConfig", "Recipe", "EngineOptions", "export", "quantize", "prune",
+           "train", "distill", "validate", "bench", "report", "run", "quickstart", "build_engine", "models",
+           "targets", "target_options", "load_recipe", "train_config", "INT8_TARGETS"]
+
+INT8_TARGETS = ["openvino-int8", "onnx-int8", "tensorrt-int8"]
+
+
+def export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
+    """Export ``spec`` (with its transforms) to every target of ``opts``, check each artifact against
+    PyTorch, validate on ``opts.data``, benchmark and write the report. Returns the run directory."""
+    return run_export(spec, opts, model)
+
+
+def quantize(spec: ModelSpec, opts: ExportOptions) -> Path:
+    """int8 export: :func:`export` to the int8 targets of ``opts`` (default: every int8 target), with
+    calibration, ``max_drop`` fallback or QAT as ``opts.options`` asks."""
+    if not opts.targets:
+        opts = dataclasses.replace(opts, targets=list(INT8_TARGETS))
+    return run_export(spec, opts)
+
+
+def prune(spec: ModelSpec, transform: str, opts: ExportOptions, finetune_epochs: int = 0,
+          finetune_lr: float = 1e-4) -> Path:
+    """Apply ``transform`` (``evit:0.7``, ``tome:8``, ``evit:0.7+tome:4``) to ``spec``, optionally fine-tune
+    the transformed model on ``opts.data`` (distilled from the dense one), then :func:`export`."""
+    return run_pruned(dataclasses.replace(spec, prune=transform), opts, finetune_epochs, finetune_lr)
+
+
+def train(spec: ModelSpec, cfg: TrainConfig, data: str, out: str | Path, split: str = "val",
+          val_fraction: float = 0.2, resume: bool = False,
+          exist_ok: bool = False) -> tuple[torch.nn.Module, ModelSpec]:
+    """Train ``spec`` on ``data`` into run directory ``out`` (checkpoint each epoch; ``resume`` continues).
+    Returns the trained model and the spec that rebuilds it from its saved weights."""
+    return run_training(spec, cfg, data, Path(out), split=split, val_fraction=val_fraction, seed=cfg.seed,
+                        resume=resume, exist_ok=exist_ok)
+
+
+def distill(spec: ModelSpec, cfg: TrainConfig, data: str, out: str | Path, split: str = "val",
+            val_fraction: float = 0.2, resume: bool = False,
+            exist_ok: bool = False) -> tuple[torch.nn.Module, ModelSpec]:
+    """DeiT distillation: :func:`train` with ``cfg.teacher`` (frozen) teaching ``cfg.distillation``
+    (hard, soft) through the student's distillation token."""
+    if cfg.distillation != "none" and not cfg.teacher:
+        raise DistillationError("no teacher given", "pass --teacher NAME (and --teacher-checkpoint for local weights)")
+    return train(spec, cfg, data, out, split, val_fraction, resume, exist_ok)
+
+
+def validate(artifacts: Sequence[str | Path], data: str, split: str = "test", limit: int | None = None,
+             val_fraction: float = 0.2, seed: int = 0, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Top-1/top-5 of each artifact and of its float model on the same images: drop, agreement, logit error."""
+    return validate_artifacts([Path(a) for a in artifacts], data, split, limit=limit, val_fraction=val_fraction,
+                              seed=seed, batch_size=batch_size)
+
+
+def bench(artifacts: Sequence[str | Path], batch: int = 1, threads: int | None = None, warmup: int = 10,
+          iters: int = 100, reference: bool = True, gpu: bool = True) -> list[dict[str, Any]]:
+    """Latency rows (p50/p90/p99, throughput, peak memory, size), PyTorch eager first."""
+    return bench_artifacts([Path(a) for a in artifacts], batch=batch, threads=threads, warmup=warmup, iters=iters,
+                           reference=reference, gpu=gpu)
+
+
+def report(run_dir: str | Path, device_results: Sequence[str | Path] = ()) -> Path:
+    """Write the run's report (JSON, Markdown, HTML + plot), first merging results measured on a device."""
+    if device_results:
+        merge_device_results(run_dir, list(device_results))
+    return write_report(Path(run_dir))
+
+
+def run(recipe: Recipe | str | Path, out: str | Path | None = None, exist_ok: bool = False) -> Path:
+    """Run a recipe (a :class:`Recipe` or a YAML file): optional training, then :func:`export`."""
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if out is not None:
+        r = dataclasses.replace(r, out=str(out))
+    return run_recipe(r, exist_ok=exist_ok)
+
+
+def quickstart(out: str | Path | None = None, exist_ok: bool = False,
+               epochs: int | None = None) -> tuple[Path, Plan]:
+    """The offline demo: a small DeiT-Ti trained on the embedded digits for as many epochs as fit a
+    5-minute run here, exported to every target, validated, benchmarked and reported."""
+    r, plan = quickstart_recipe(epochs=epochs)
+    if out is not None:
+        r = dataclasses.replace(r, out=str(out))
+    return run_recipe(r, exist_ok=exist_ok), plan
+
+
+def build_engine(artifact: str | Path, eopts: EngineOptions | None = None) -> dict[str, Any]:
+    """Build the TensorRT engine of an exported tensorrt-* artifact on this machine (TensorRT and a GPU)."""
+    art_dir, mf = read_manifest(artifact)
+    target = get_target(mf["target"])
+    if not isinstance(target, TensorRtTarget):
+        raise ArtifactError(f"{art_dir} is a {mf['target']} artifact, not a TensorRT one",
+                            "pass an artifacts/tensorrt-fp16 or artifacts/tensorrt-int8 directory")
+    return target.build(art_dir, eopts)
+
+
+def models() -> list[ModelEntry]:
+    """The model zoo's short names (any timm model name works as well)."""
+    return _zoo()
+
+
+def targets() -> list[Target]:
+    """The export targets, in the table's order."""
+    return _targets()
+
+
+def target_options() -> dict[str, OptionField]:
+    """Every target option: type, default and the targets that honour it."""
+    return option_fields()

@@ -1,1 +1,0 @@
-"""Validation (accuracy vs the float model), latency benchmarks and run reports."""

@@ -1,0 +1,161 @@
+"""Export commands: export, quantize, prune, engine."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import default_out, fresh, friendly, given, out, split_targets
+
+INT8 = "int8 (calibration, --max-drop, QAT)"
+DEVICE = "TensorRT engines and CoreML packages"
+TARGET_OPTIONS = ("calib", "calib_size", "calib_seed", "calib_grey", "calibrator", "form", "max_drop", "max_float",
+                  "exclude", "quantize_head", "quantize_norms", "smooth_quant", "qat_epochs", "qat_lr",
+                  "qat_batch_size", "qat_distill", "max_batch", "workspace_mb", "timing_cache", "coreml_w8a8")
+
+
+def _export_command(default_targets: List[str], doc: str):
+    """export and quantize share every option; only the default targets and the help differ.
+    Target options default to None (not given): their defaults live in the targets' Options dataclasses."""
+
+    def command(
+        model: str = typer.Option("deit_tiny", "--model", "-m", help="zoo short name (`edgevit models`) or any timm name"),
+        target: List[str] = typer.Option(default_targets, "--target", "-t", help="one or more targets, repeat or comma-separate (`edgevit targets`)"),
+        checkpoint: Optional[Path] = typer.Option(None, help="local weights: timm/DeiT .pth (with or without a 'model' key) or .safetensors"),
+        pretrained: bool = typer.Option(True, help="download timm's hub weights when no --checkpoint is given (needs internet)"),
+        num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
+        img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
+        patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
+        prune: Optional[str] = typer.Option(None, help="transforms before export, joined by '+': evit:KEEP[@BLOCKS] (e.g. evit:0.7@3,6,9), tome:R (e.g. tome:8), evit:0.7+tome:4; see `edgevit prune`"),
+        data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
+        split: str = typer.Option("test", help="train | val | test | all"),
+        limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
+        val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own split (digits, a flat folder)"),
+        seed: int = typer.Option(0, help="seed of that deterministic, stratified split"),
+        out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<target>)"),
+        exist_ok: bool = typer.Option(False, help="write into an existing --out"),
+        bench: bool = typer.Option(True, help="benchmark latency after export"),
+        batch: int = typer.Option(1, help="benchmark batch size"),
+        threads: Optional[int] = typer.Option(None, help="benchmark threads (default: all cores)"),
+        calib: Optional[str] = typer.Option(None, help="images to calibrate on: a folder (class sub-folders or flat), CIFAR folder or 'digits' (default: the training images of --data)", rich_help_panel=INT8),
+        calib_size: Optional[int] = typer.Option(None, help="calibration images, drawn class by class, deterministic [default: 300]", rich_help_panel=INT8),
+        calib_seed: Optional[int] = typer.Option(None, help="seed of the class-by-class calibration draw [default: 0]", rich_help_panel=INT8),
+        calib_grey: Optional[bool] = typer.Option(None, "--calib-grey", help="accept a calibration set of mostly 1-channel images (models fed grey images as RGB)", rich_help_panel=INT8),
+        calibrator: Optional[str] = typer.Option(None, help="minmax | percentile | entropy | distribution (default: the backend's measured best)", rich_help_panel=INT8),
+        form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic (default, fastest on CPU) | static (calibrated Q/DQ)", rich_help_panel=INT8),
+        max_drop: Optional[float] = typer.Option(None, help="keep the most sensitive layers float until the top-1 drop on held-out calibration-source images is at most this many points", rich_help_panel=INT8),
+        max_float: Optional[int] = typer.Option(None, help="at most this many layers kept float by --max-drop (default: half)", rich_help_panel=INT8),
+        exclude: List[str] = typer.Option([], help="keep this layer float (ONNX node name, repeatable)", rich_help_panel=INT8),
+        quantize_head: Optional[bool] = typer.Option(None, "--quantize-head", help="quantize the classifier head too", rich_help_panel=INT8),
+        quantize_norms: Optional[bool] = typer.Option(None, "--quantize-norms", help="also put Q/DQ on LayerNorm and Softmax inputs (aggressive; costs accuracy)", rich_help_panel=INT8),
+        smooth_quant: Optional[float] = typer.Option(None, help="openvino-int8 SmoothQuant alpha (default NNCF's 0.95; -1 turns it off)", rich_help_panel=INT8),
+        qat_epochs: Optional[int] = typer.Option(None, help="quantization-aware fine-tuning epochs on --data's training images (NNCF) [default: 0: post-training only]", rich_help_panel=INT8),
+        qat_lr: Optional[float] = typer.Option(None, help="QAT learning rate, a fraction of the training one [default: 1e-5]", rich_help_panel=INT8),
+        qat_batch_size: Optional[int] = typer.Option(None, help="QAT batch size [default: 64]", rich_help_panel=INT8),
+        qat_distill: Optional[bool] = typer.Option(None, "--qat-distill/--no-qat-distill", help="QAT also learns from the float model's logits (knowledge distillation) [default: on]", rich_help_panel=INT8),
+        max_batch: Optional[int] = typer.Option(None, help="TensorRT: largest batch of the engine's dynamic-batch profile, opt = min = 1 [default: 8]", rich_help_panel=DEVICE),
+        workspace_mb: Optional[int] = typer.Option(None, help="TensorRT: builder workspace limit in MiB (Jetson Orin Nano: 512-1024) [default: 1024]", rich_help_panel=DEVICE),
+        timing_cache: Optional[str] = typer.Option(None, help="TensorRT: timing cache file reused across builds ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off) [default: default]", rich_help_panel=DEVICE),
+        coreml_w8a8: Optional[bool] = typer.Option(None, "--coreml-w8a8", help="coreml-int8: int8 activations as well as weights (calibrated on --calib; coremltools runs the model for it: macOS only)", rich_help_panel=DEVICE),
+    ):
+        from .. import api
+
+        values = locals()
+        tgts = split_targets(target)
+        spec = api.ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                             checkpoint=str(checkpoint) if checkpoint else None,
+                             pretrained=pretrained and not checkpoint, prune=prune)
+        opts = api.ExportOptions(targets=tgts, out=out_dir or default_out(model, tgts), data=data, split=split,
+                                 val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit,
+                                 bench=bench, batch=batch, threads=threads,
+                                 options=given({k: values[k] for k in TARGET_OPTIONS}))
+        api.export(spec, opts)
+
+    command.__doc__ = doc
+    return command
+
+
+EXPORT_DOC = """Export a model to one or more targets, check each against PyTorch, validate, bench and report.
+
+    Example (offline, with local weights):
+
+        edgevit export --model deit_tiny --target onnx,openvino --checkpoint deit_tiny.pth --data imagenet/val
+
+    A target option that none of the chosen targets honours is an error (`edgevit targets --options`).
+    """
+QUANTIZE_DOC = """int8 post-training quantization to every int8 target, validated against the float model.
+
+    Calibrates on --calib (default: the training images of --data), keeps LayerNorm, Softmax and the
+    head float, and with --max-drop keeps the most sensitive layers float until the top-1 drop on
+    held-out images of the calibration source is within bound (the report lists them).
+
+        edgevit quantize --model deit_tiny --checkpoint w.pth --data imagenet/ --calib imagenet/train --max-drop 0.5
+    """
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(friendly(_export_command(["onnx"], EXPORT_DOC)))
+    app.command("quantize")(friendly(_export_command(["openvino-int8", "onnx-int8", "tensorrt-int8"], QUANTIZE_DOC)))
+    app.command("prune")(friendly(prune_cmd))
+    app.command("engine")(friendly(engine))
+
+
+def prune_cmd(
+    model: str = typer.Option("deit_tiny", "--model", "-m", help="a ViT/DeiT from the zoo or timm"),
+    method: str = typer.Option("evit", help="evit (keep the most attended tokens, fuse the rest) | tome (merge similar tokens)"),
+    keep_rate: float = typer.Option(0.7, help="EViT: fraction of patch tokens kept at each pruning block, in (0, 1]"),
+    locations: Optional[str] = typer.Option(None, help="EViT: blocks that prune, comma-separated (default: a quarter, half and three quarters of depth, 3,6,9 for DeiT)"),
+    r: int = typer.Option(8, help="ToMe: tokens merged in every block"),
+    spec_text: Optional[str] = typer.Option(None, "--spec", help="the whole transform spec instead of --method and its options, e.g. evit:0.7+tome:4"),
+    checkpoint: Optional[Path] = typer.Option(None, help="dense weights (.pth/.safetensors)"),
+    pretrained: bool = typer.Option(True, help="hub weights when no --checkpoint (needs internet)"),
+    num_classes: Optional[int] = typer.Option(None), img_size: Optional[int] = typer.Option(None),
+    patch_size: Optional[int] = typer.Option(None),
+    finetune_epochs: int = typer.Option(0, help="short fine-tune of the pruned model on --data, distilled from the dense one"),
+    finetune_lr: float = typer.Option(1e-4, help="fine-tune learning rate"),
+    target: List[str] = typer.Option(["onnx", "openvino"], "--target", "-t", help="targets to export to (int8 ones too)"),
+    data: Optional[str] = typer.Option(None, help="labelled images: validation (and the fine-tune's training split)"),
+    split: str = typer.Option("test", help="split to validate on"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<model>-<method>)"),
+    exist_ok: bool = typer.Option(False, help="write into an existing --out"),
+    bench: bool = typer.Option(True, help="benchmark latency after export"),
+):
+    """Token pruning (EViT) or merging (ToMe) with static shapes, then export, validate, bench and report.
+
+        edgevit prune --model deit_tiny --checkpoint w.pth --method evit --keep-rate 0.7 --data imagenet/ --finetune-epochs 1
+        edgevit prune --model deit_tiny --checkpoint w.pth --method tome --r 8 --target openvino,openvino-int8 --data imagenet/
+        edgevit prune --model deit_tiny --checkpoint w.pth --spec evit:0.7+tome:4 --data imagenet/
+
+    The same transforms are `--prune evit:0.7` / `--prune tome:8` on `edgevit export` and `edgevit quantize`.
+    """
+    from .. import api
+
+    text = spec_text or (f"tome:{r}" if method == "tome" else f"evit:{keep_rate:g}" + (f"@{locations}" if locations else "")
+                         if method == "evit" else f"{method}:{r}")  # an unknown method: the parser names the known
+    spec = api.ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                         checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
+    tag = (spec_text or method).replace(":", "").replace("+", "-").replace("@", "-").replace(",", "")
+    opts = api.ExportOptions(targets=split_targets(target), out=out_dir or fresh(Path("runs") / f"{model}-{tag}"),
+                             data=data, split=split, exist_ok=exist_ok, bench=bench)
+    api.prune(spec, text, opts, finetune_epochs, finetune_lr)
+
+
+def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorrt-int8 artifact directory"),
+           max_batch: int = typer.Option(8, help="largest batch of the dynamic-batch profile"),
+           workspace_mb: int = typer.Option(1024, help="builder workspace limit in MiB"),
+           timing_cache: str = typer.Option("default", help="timing cache file ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off)")):
+    """Build the TensorRT engine of an exported artifact on this machine (needs TensorRT and a GPU).
+
+    Export anywhere, build where the engine will run (engines are specific to the GPU and the
+    TensorRT version):
+
+        edgevit export --model deit_tiny --target tensorrt-int8 --checkpoint w.pth --data val/
+        edgevit engine runs/deit_tiny-tensorrt-int8/artifacts/tensorrt-int8
+    """
+    from .. import api
+
+    meta = api.build_engine(artifact, api.EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
+                                                        timing_cache=timing_cache))
+    out.print(f"engine: {Path(artifact) / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, "
+              f"{meta['build_s']:.0f} s)", highlight=False)

@@ -1,0 +1,239 @@
+"""The one export pipeline: float model -> ONNX -> every target -> check -> validate -> bench -> report.
+
+Run directory layout::
+
+    run.json                     how the run was made (model, data, targets, versions, command)
+    model/weights.safetensors    float weights when the run trained them
+    artifacts/<target>/          model files + manifest.json, each renamed into place when complete
+    results/validate.json        accuracy of every artifact vs the float model
+    results/bench.json           latency rows, PyTorch eager first
+    report.{json,md,html}, plot.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__, transforms
+from ..data import EMBEDDED, SPLITS, check_classes, data_config, eval_transform, load_split
+from ..errors import OptionError
+from ..eval.check import checked_outputs, finite_reference
+from ..graph import export_onnx
+from ..manifest import (
+    RUN_MANIFEST,
+    command_line,
+    create_run_dir,
+    library_versions,
+    now,
+    probe_output,
+    remove_if_empty_run,
+    staged_dir,
+    write_json,
+)
+from ..models import ModelSpec, count_params
+from ..progress import heartbeat, say
+from ..report.report import print_summary, write_report
+from ..targets import MANIFEST, ExportContext, Target, check_honoured, get_target, given_options, options_for
+from .artifacts import bench_artifacts, validate_artifacts
+from .int8 import Int8Inputs, int8_inputs
+
+
+@dataclass
+class ExportOptions:
+    targets: list[str]
+    out: Path
+    data: str | None = None
+    split: str = "test"
+    val_fraction: float = 0.2
+    seed: int = 0
+    exist_ok: bool = False
+    validate_limit: int | None = None
+    bench: bool = True
+    batch: int = 1
+    threads: int | None = None
+    warmup: int = 10
+    iters: int = 50
+    check_images: int = 16
+    options: dict[str, Any] = field(default_factory=dict)  # target options by name (`edgevit targets --options`)
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (e.g. training facts)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+    def check(self) -> None:
+        """Every value and combination, before any work: one clear error naming the option."""
+        if not self.targets:
+            raise OptionError("no --target given", "pass e.g. --target onnx (see `edgevit targets`)")
+        twice = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        if twice:
+            raise OptionError(f"--target names {', '.join(twice)} more than once",
+                              f"give each target once: --target {','.join(dict.fromkeys(self.targets))}")
+        if self.split not in SPLITS:
+            raise OptionError(f"--split {self.split!r} is not a split", f"use one of {', '.join(SPLITS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise OptionError(f"--val-fraction must be in (0, 1), got {self.val_fraction}",
+                              "use e.g. --val-fraction 0.2")
+        for flag, value, low in (("--limit", self.validate_limit, 1), ("--batch", self.batch, 1),
+                                 ("--threads", self.threads, 1), ("--iters", self.iters, 1),
+                                 ("--warmup", self.warmup, 0)):
+            if value is not None and value < low:
+                raise OptionError(f"{flag} must be at least {low}, got {value}",
+                                  f"pass {flag} {max(low, 1)} or more" + (" (or leave it out)" if low else ""))
+
+    def given(self) -> dict[str, Any]:
+        """The target options that differ from their defaults."""
+        return given_options(self.options)
+
+
+def check_export(spec: ModelSpec, opts: ExportOptions) -> list[Target]:
+    """Every option, target and path of an export, checked before any work; returns the targets."""
+    opts.check()
+    targets = [get_target(t) for t in opts.targets]  # unknown targets and options fail before any work
+    for t in targets:
+        t.check_available()
+    given = opts.given()
+    check_honoured(targets, given)
+    for t in targets:
+        t.check_options(options_for(t, given))
+    spec.check()
+    transforms.parse(spec.prune)
+    probe_output(opts.out, opts.exist_ok)
+    return targets
+
+
+def run_export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
+    """Export ``spec`` to every target in ``opts`` and validate, bench and report: returns the run dir.
+    ``model``: the float model of ``spec`` when the caller built (or trained) it."""
+    targets = check_export(spec, opts)
+    if model is None:
+        model, spec, prune = transforms.build_model(spec)
+    else:
+        spec, prune = transforms.recorded(model, spec)
+    model.eval()
+    cfg = data_config(model, spec.img_size)
+    if opts.data:
+        check_classes(opts.data, opts.split, getattr(model, "num_classes", None))
+    sample = check_images(opts.data, cfg, opts.check_images, opts.split, opts.val_fraction, opts.seed)
+    float_logits = finite_reference(model, sample, spec)
+    int8 = int8_inputs(opts, cfg, targets)  # calibration problems surface before the export
+    made = create_run_dir(opts.out, opts.exist_ok, need_bytes=_expected_bytes(model, targets))
+    try:
+        run = _run_record(spec, opts, model, cfg, targets, prune)
+        _export_all(run, opts, model, targets, sample, float_logits, int8)
+    except BaseException:
+        if made:
+            remove_if_empty_run(opts.out, made)
+        raise
+    return opts.out
+
+
+def check_images(data: str | None, data_cfg: dict, n: int, split: str, val_fraction: float, seed: int) -> np.ndarray:
+    """Real images to compare each artifact with PyTorch: the user's data, else the embedded set."""
+    ds = load_split(data or EMBEDDED, split if data else "val", eval_transform(data_cfg),
+                    val_fraction=val_fraction, seed=seed, limit=n)
+    return np.stack([ds[i][0].numpy() for i in range(min(n, len(ds)))]).astype(np.float32)
+
+
+def recorded_source(source: str | None) -> str | None:
+    """A data source as run.json records it: a folder absolute (so the record holds from any working
+    directory), the embedded set by name."""
+    return source if source in (None, EMBEDDED) else os.path.abspath(os.path.expanduser(str(source)))
+
+
+def _expected_bytes(model: torch.nn.Module, targets: list[Target]) -> int:
+    """A rough size of what the run writes: the weights once per target, fp32, plus the reports."""
+    return count_params(model) * 4 * len(targets) + (20 << 20)
+
+
+def _run_record(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, cfg: dict[str, Any],
+                targets: list[Target], prune: dict[str, Any]) -> dict[str, Any]:
+    records = tuple(lib for t in targets for lib in t.records)
+    run = {"edgevit": __version__, "created": now(), "command": command_line(), "model": spec.to_dict(),
+           "params": count_params(model), "data_config": cfg, "data": recorded_source(opts.data), "split": opts.split,
+           "targets": opts.targets, "options": opts.given(), "versions": library_versions(records), **opts.extra}
+    if prune:
+        run["prune"] = prune
+    write_json(opts.out / RUN_MANIFEST, run)
+    return run
+
+
+def _export_all(run: dict[str, Any], opts: ExportOptions, model: torch.nn.Module, targets: list[Target],
+                sample: np.ndarray, float_logits: np.ndarray, int8: Int8Inputs) -> None:
+    base = {k: run[k] for k in ("edgevit", "command", "model", "params", "data_config", "versions", "prune")
+            if k in run}
+    given = opts.given()
+    with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
+        onnx_fp32 = Path(tmp) / "float.onnx"
+        say(f"exporting {run['model']['name']} to ONNX (opset 17, dynamic batch)")
+        base["onnx"] = export_onnx(model, run["data_config"]["input_size"][-1], onnx_fp32)
+        qat = int8.run_qat(model, run, opts, Path(tmp))
+        manifests = []
+        for t in targets:
+            t_opts = options_for(t, given)
+            uses_qat = qat if (qat is not None and int8.takes_qat(t, t_opts)) else None
+            ctx = ExportContext(options=t_opts, input_size=list(run["data_config"]["input_size"]), torch_model=model,
+                                calib=int8.calib, control=int8.control, qat=uses_qat, progress=say)
+            with heartbeat(f"exporting {t.name}"):  # off a terminal, a line at a steady pace
+                mf = export_artifact(t, onnx_fp32, opts.out / "artifacts" / t.name, model, sample, base, ctx,
+                                     float_logits)
+            manifests.append(mf)
+            say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  {_check_line(mf)}")
+    art_dirs = [opts.out / "artifacts" / t.name for t in targets if not _skip(t)]
+    if opts.data and art_dirs:
+        validate_artifacts(art_dirs, opts.data, opts.split, model, opts.validate_limit, opts.val_fraction,
+                           opts.seed, save_to=opts.out)
+    if opts.bench and art_dirs:
+        bench_artifacts(art_dirs, model, opts.batch, opts.threads, opts.warmup, opts.iters, save_to=opts.out)
+    report = write_report(opts.out)
+    print_summary(opts.out)
+    for t, mf in zip(targets, manifests):
+        if note := t.notice(mf, opts.out / "artifacts" / t.name):
+            say(f"[yellow bold]{t.name}:[/] ", plain=note)
+    say("[bold]report:[/] ", plain=str(report))
+
+
+def export_artifact(target: Target, onnx_fp32: Path, final: Path, model: torch.nn.Module, sample: np.ndarray,
+                    manifest: dict[str, Any], ctx: ExportContext, float_logits: np.ndarray | None = None
+                    ) -> dict[str, Any]:
+    """Export one target into a staging folder, check it against PyTorch, then rename it in place.
+
+    An artifact this machine cannot run (CoreML off macOS) is checked structurally by its target
+    during export instead, and the manifest says why it was not run."""
+    with staged_dir(final) as tmp:
+        facts = target.export(onnx_fp32, tmp, ctx)
+        if why := target.not_runnable():
+            runtime: dict[str, Any] = {"runtime": f"not run here: {why}", "precision": target.precision}
+            check: dict[str, Any] = {"skipped": why, "structure": "checked (see export.structure)"}
+        else:
+            runner = target.load(tmp)
+            reference = ctx.qat.reference_model if ctx.qat is not None else None
+            runtime, check = runner.info, checked_outputs(target.name, target.precision, runner, model, sample,
+                                                          float_logits, reference, pruned=bool(manifest.get("prune")))
+        mf = {**manifest, "target": target.name, "backend": target.backend, "precision": target.precision,
+              "options": dataclasses.asdict(ctx.options), "runtime": runtime,
+              "files": [p.name for p in target.files(tmp)], "size_bytes": target.size_bytes(tmp), "export": facts,
+              "check_vs_pytorch": check, "created": now()}
+        write_json(tmp / MANIFEST, mf)
+    return mf
+
+
+def _check_line(mf: dict[str, Any]) -> str:
+    c = mf["check_vs_pytorch"]
+    if "skipped" in c:
+        return f"structure checked, not run ({c['skipped']})"
+    line = f"max|Δ| vs PyTorch {c['max_abs_diff']:.2e}  ({mf['runtime'].get('precision')})"
+    return line + (f"\n    [yellow]warning: check is vacuous: {c['vacuous']}[/]" if "vacuous" in c else "")
+
+
+def _skip(t: Target) -> bool:
+    if why := t.not_runnable():
+        say(f"[yellow]{t.name}: not validated or benchmarked here: {why}[/]")
+        return True
+    return False

@@ -1,0 +1,78 @@
+"""What the int8 targets of one run share, prepared once before any export: the calibration
+images, the control images of ``--max-drop``, and the QAT graph (``--qat-epochs``)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import open_source, split_indices
+from ..errors import DataError
+from ..progress import heartbeat, say
+from ..quant.calibration import CalibSet, calibration_set, control_set
+from ..quant.config import QuantConfig
+from ..quant.qat import QatGraph, quantize_aware
+from ..targets import Target, options_for
+
+_QUANT_FIELDS = {f.name for f in dataclasses.fields(QuantConfig)}
+
+
+@dataclass
+class Int8Inputs:
+    cfg: QuantConfig
+    calib: CalibSet | None = None
+    control: tuple[np.ndarray, np.ndarray] | None = None
+    data: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    int8_targets: tuple[str, ...] = ()
+
+    def takes_qat(self, target: Target, options: Any) -> bool:
+        """Does this target convert the QAT graph (rather than quantize after training)?"""
+        return target.name in self.int8_targets and isinstance(options, QuantConfig)
+
+    def run_qat(self, model: torch.nn.Module, run: dict[str, Any], opts, work: Path) -> QatGraph | None:
+        """Quantization-aware fine-tuning when asked and an int8 target takes it; else None."""
+        if not self.cfg.qat_epochs or not self.int8_targets:
+            return None
+        say(f"QAT: {self.cfg.qat_epochs} epoch(s) of quantization-aware fine-tuning on ", plain=str(self.data))
+        return quantize_aware(model, run["model"]["name"], self.calib.images, self.data, run["data_config"],
+                              self.cfg, opts.out, work / "qat.onnx", self.val_fraction, self.seed)
+
+
+def int8_inputs(opts, data_cfg: dict[str, Any], targets: list[Target]) -> Int8Inputs:
+    """Calibration (and, for --max-drop, control) images for the targets that need them."""
+    given = opts.given()
+    cfg = QuantConfig(**{k: v for k, v in given.items() if k in _QUANT_FIELDS})
+    takes = tuple(t.name for t in targets if isinstance(options_for(t, given), QuantConfig))
+    out = Int8Inputs(cfg, data=opts.data, val_fraction=opts.val_fraction, seed=opts.seed, int8_targets=takes)
+    need = [t for t in targets if t.needs_calibration(options_for(t, given))]
+    if not need:
+        return out
+    source, allowed = cfg.calib, None
+    if source is None:  # the training images of --data (its training part, when the split is carved)
+        if not opts.data:
+            raise DataError(f"{', '.join(t.name for t in need)} need(s) calibration images, and neither --calib "
+                            "nor --data was given", "pass --calib DIR with a few hundred of the images the model "
+                            "will see (class sub-folders or flat), or --data")
+        source = opts.data
+        allowed = train_indices(source, opts.val_fraction, opts.seed)
+    with heartbeat(f"calibration set from {source}"):
+        out.calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
+                                    allowed=allowed)
+    say("calibration: ", plain=f"{len(out.calib.images)} images from {source} "
+        f"({'cache' if out.calib.cached else 'built'} {out.calib.key})")
+    if cfg.max_drop is not None:
+        out.control = control_set(source, data_cfg, cfg.calib_size, cfg.control_size, cfg.calib_seed,
+                                  allowed=allowed)
+    return out
+
+
+def train_indices(source: str, val_fraction: float, seed: int) -> list[int] | None:
+    """Indices of a source's training part when validation carves it from the same images."""
+    base, native = open_source(source, "train")
+    return None if native else split_indices(base.targets, val_fraction, seed)[0]

@@ -1,1 +1,0 @@
-"""Pipeline stages that change the model (training now; distillation, pruning, int8 later)."""
