@@ -3,8 +3,7 @@ that changes weight shapes is applied before the weights load."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import torch
@@ -57,27 +56,26 @@ def test_bad_compositions(bad, message):
 
 
 @transforms.register
-@dataclass(frozen=True)
 class MlpWidth:
     """A shape-changing transform (narrower MLPs), registered from a test as a user would."""
 
-    hidden: int
-    name: ClassVar[str] = "mlpwidth"
-    changes_shapes: ClassVar[bool] = True
-    forms: ClassVar[str] = "mlpwidth:H"
+    name, changes_shapes, forms = "mlpwidth", True, "mlpwidth:H"
+
+    def __init__(self, hidden: int):
+        self.hidden = hidden
 
     @classmethod
     def parse(cls, arg: str) -> MlpWidth:
         return cls(int(arg))
 
     def __str__(self) -> str:
-        return f"mlpwidth:{self.hidden}"
+        return f"{self.name}:{self.hidden}"
 
     def apply(self, model: torch.nn.Module) -> None:
         for blk in model.blocks:
-            fc1, fc2 = blk.mlp.fc1, blk.mlp.fc2
-            blk.mlp.fc1 = torch.nn.Linear(fc1.in_features, self.hidden)
-            blk.mlp.fc2 = torch.nn.Linear(self.hidden, fc2.out_features)
+            mlp = blk.mlp
+            mlp.fc1, mlp.fc2 = (torch.nn.Linear(mlp.fc1.in_features, self.hidden),
+                                torch.nn.Linear(self.hidden, mlp.fc2.out_features))
 
     def describe(self, model: torch.nn.Module) -> dict[str, Any]:
         return {"spec": str(self), "mlp_hidden": self.hidden}
