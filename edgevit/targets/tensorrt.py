@@ -101,7 +101,7 @@ class TensorRtTarget(OnnxTarget):
         e = manifest["export"]
         if e.get("engine", {}).get("built") is not False:
             return None
-        return (f"{manifest['target']}: no TensorRT engine built here ({e['engine']['reason']}).\n"
+        return (f"no TensorRT engine built here ({e['engine']['reason']}).\n"
                 f"  Written: {art_dir}/model.onnx (checked with ONNX Runtime) and {BUILD_SCRIPT}.\n"
                 f"  On the device: cd {art_dir.name} && {e['trtexec']}\n"
                 f"  or on a Jetson: deploy/jetson/edgevit_jetson.sh --artifact {art_dir}")
