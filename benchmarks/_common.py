@@ -26,8 +26,20 @@ def machine() -> dict[str, Any]:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "isa": isa(), "python": platform.python_version(),
             "platform": platform.platform()}
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def isa() -> list[str]:
+    """The instruction-set extensions that decide int8 and bf16 speed (OpenVINO, ONNX Runtime) on this CPU."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def write_results(script: str, rows: list[dict[str, Any]], checks: list[dict[str, Any]], **extra: Any) -> Path:

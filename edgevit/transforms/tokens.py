@@ -44,7 +44,7 @@ class TokenBlocks(torch.nn.Sequential):
         out, attn = T.attention(q, k, v, a.scale, size, weights=keep is not None)
         out = a.proj(a.norm(out.transpose(1, 2).reshape(b, n, a.attn_dim)))
         x = x + blk.drop_path1(blk.ls1(out))
-        metric = k.mean(1)
+        metric = k.mean(1) if r else None  # ToMe's similarity: the keys, averaged over heads
         if keep is not None:  # pruning first: the attention that ranks the tokens is this block's
             cls_attn = attn[:, :, 0, self.prefix:].mean(1)
             if r:
