@@ -83,36 +83,6 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     return merged, merged_size
 
 
-def evit_plan(n_patches: int, depth: int, keep_rate: float, locations: list[int]) -> list[int | None]:
-    """Patch tokens kept after each block (None: the block keeps all). Each pruning location keeps
-    ceil(keep_rate x current patch tokens) and adds one fused token (unless that keeps them all)."""
-    import math
-
-    plan: list[int | None] = []
-    n = n_patches
-    for i in range(depth):
-        keep = max(1, math.ceil(keep_rate * n))
-        if i in locations and keep < n:  # keeping every token prunes nothing: no fused token either
-            plan.append(keep)
-            n = keep + 1
-        else:
-            plan.append(None)
-    return plan
-
-
-def tome_plan(n_patches: int, depth: int, r: int) -> list[int]:
-    """Tokens merged in each block: ``r`` while it fits (at most half the patch tokens); raises
-    ValueError naming the block where ``r`` is more than the tokens allow."""
-    plan, n = [], n_patches
-    for i in range(depth):
-        if r > n // 2:
-            raise ValueError(f"r={r} is more than block {i} allows: it has {n} patch tokens, so at most {n // 2} "
-                             f"can merge (ToMe merges half the tokens at most per block)")
-        plan.append(r)
-        n -= r
-    return plan
-
-
 def evit_keep_size(size: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -> torch.Tensor:
     """The token sizes after :func:`evit_keep` (same order): kept sizes, then the fused token's,
     the sum of the pruned ones. Used when EViT follows ToMe merging in one model."""
@@ -127,8 +97,8 @@ def token_plan(n_patches: int, depth: int, keep_rate: float | None = None, locat
                r: int = 0) -> tuple[list[int | None], list[int]]:
     """The composed plan of ToMe merging (``r`` per block) and EViT pruning (``keep_rate`` at
     ``locations``): (patch tokens kept after each block or None, tokens merged in each block).
-    Within a block, pruning comes first (it ranks tokens by that block's attention). Alone, each
-    equals :func:`evit_plan` / :func:`tome_plan`."""
+    Within a block, pruning comes first (it ranks tokens by that block's attention). ToMe merges at
+    most half the patch tokens of a block: a larger ``r`` raises ValueError naming the block."""
     import math
 
     keep: list[int | None] = []

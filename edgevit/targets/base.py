@@ -124,12 +124,10 @@ def register(*targets: Target) -> None:
         if t.name in TARGETS and TARGETS[t.name] is not t:
             raise TargetError(f"target {t.name!r} registered twice", "give the new target another name")
         TARGETS[t.name] = t
-        option_fields.cache = None
 
 
 def unregister(name: str) -> None:
     TARGETS.pop(name, None)
-    option_fields.cache = None
 
 
 def get_target(name: str) -> Target:
@@ -155,23 +153,18 @@ class OptionField:
 
 def option_fields() -> dict[str, OptionField]:
     """Every target option by name: its type, default and the targets that honour it."""
-    if option_fields.cache is None:
-        table: dict[str, OptionField] = {}
-        for t in TARGETS.values():
-            hints = get_type_hints(t.Options)
-            for f in dataclasses.fields(t.Options):
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                old = table.get(f.name)
-                if old and (old.type != hints[f.name] or old.default != default):
-                    raise TargetError(f"option {f.name!r} of target {t.name!r} differs in type or default from "
-                                      f"{', '.join(old.targets)}'s", "give the option another name")
-                table[f.name] = OptionField(f.name, hints[f.name], default,
-                                            (*old.targets, t.name) if old else (t.name,))
-        option_fields.cache = table
-    return option_fields.cache
-
-
-option_fields.cache = None
+    table: dict[str, OptionField] = {}
+    for t in TARGETS.values():
+        hints = get_type_hints(t.Options)
+        for f in dataclasses.fields(t.Options):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            old = table.get(f.name)
+            if old and (old.type != hints[f.name] or old.default != default):
+                raise TargetError(f"option {f.name!r} of target {t.name!r} differs in type or default from "
+                                  f"{', '.join(old.targets)}'s", "give the option another name")
+            table[f.name] = OptionField(f.name, hints[f.name], default,
+                                        (*old.targets, t.name) if old else (t.name,))
+    return table
 
 
 def flag(name: str) -> str:

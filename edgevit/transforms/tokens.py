@@ -101,7 +101,7 @@ def max_tome_r(n_patches: int, depth: int) -> int:
     best = 0
     for r in range(1, n_patches):
         try:
-            T.tome_plan(n_patches, depth, r)
+            T.token_plan(n_patches, depth, r=r)
             best = r
         except ValueError:
             break
