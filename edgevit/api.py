@@ -133,6 +133,19 @@ def build_engine(artifact: str | Path, eopts: EngineOptions | None = None) -> di
     return target.build(art_dir, eopts)
 
 
+def inspect(artifact: str | Path) -> dict[str, Any]:
+    """The precision map of an artifact (a directory with manifest.json) or of an ONNX file: each op's
+    compute precision, a summary and warnings ("why is my int8 engine not faster"); for OpenVINO IR the
+    runtime graph compiled here; for a TensorRT engine, its per-layer view where known."""
+    path = Path(artifact)
+    if path.is_file() and path.suffix == ".onnx":
+        from .precision import precision_map
+
+        return {"target": None, "graph": precision_map(path)}
+    art_dir, mf = read_manifest(path)
+    return {**get_target(mf["target"]).inspect(art_dir), "artifact": str(art_dir)}
+
+
 def models() -> list[ModelEntry]:
     """The model zoo's short names (any timm model name works as well)."""
     return _zoo()

@@ -13,9 +13,12 @@ os.environ.setdefault("EDGEVIT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("COLUMNS", "200")  # rich tables unwrapped, so tests can read them
 if "EDGEVIT_CALIB_CACHE" not in os.environ:  # calibration caches stay out of the working tree
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["EDGEVIT_CALIB_CACHE"] = tempfile.mkdtemp(prefix="edgevit-calib-")
+    atexit.register(shutil.rmtree, os.environ["EDGEVIT_CALIB_CACHE"], ignore_errors=True)  # left nowhere after the run
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

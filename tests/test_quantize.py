@@ -156,6 +156,31 @@ def test_norms_get_qdq_only_when_asked(tmp_path):
     strict = check_tensorrt_rules(path)
     assert any("feeds LayerNormalization" in v for v in strict["violations"])
     assert any("feeds Softmax" in v for v in strict["violations"])
+    import onnx  # the norms' activations are int8, their weights (gamma, beta) stay float
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    norms = [n for n in g.node if n.op_type == "LayerNormalization"]
+    assert norms and all(i in inits for n in norms for i in n.input[1:])
+
+
+def test_rules_flag_int8_norm_weights_even_when_norms_are_allowed(trt_run):
+    def int8_gamma(m, inits, nh):  # gamma of the first LayerNorm through a weight DQ, as ORT's quantizer makes it
+        ln = next(n for n in m.graph.node if n.op_type == "LayerNormalization")
+        gamma = nh.to_array(inits[ln.input[1]]).astype(np.float32)
+        scale = np.float32(np.abs(gamma).max() / 127)
+        m.graph.initializer.extend([nh.from_array(np.round(gamma / scale).astype(np.int8), "g_q"),
+                                    nh.from_array(np.array(scale, np.float32 if gamma.dtype == np.float32
+                                                           else np.float16), "g_s"),
+                                    nh.from_array(np.array(0, np.int8), "g_z")])
+        m.graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", ["g_q", "g_s", "g_z"], ["g_dq"], name="g_DQ"))
+        ln.input[1] = "g_dq"
+
+    import onnx
+
+    path = trt_run / "artifacts" / "tensorrt-int8" / "model.onnx"
+    rules = check_tensorrt_rules(_mutate(path, int8_gamma), allow_norms=True)
+    assert any("int8 weights feed LayerNormalization" in v for v in rules["violations"]), rules["violations"]
 
 
 # -- the --max-drop search -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 COMMAND_LINE=$(printf '%q ' "$0" "$@")
 COMMAND_LINE=${COMMAND_LINE% }
 
-ARTIFACT="" OUT="" POWER_MODE="" CLOCKS=0 BATCH=1 ITERATIONS=1000 WARMUP_MS=2000
+ARTIFACT="" OUT="" POWER_MODE="" CLOCKS=0 BATCH=1 DURATION=20 ITERATIONS=10 WARMUP_MS=2000 SPIN_WAIT=1
 WORKDIR="" TRTEXEC="" DRY_RUN=0 TEGRA_PID=""
 
 usage() {
@@ -18,17 +18,22 @@ usage() {
 Usage: edgevit_jetson.sh --artifact DIR [options]
 
 Build a TensorRT engine on this Jetson from an edgevit artifact (artifacts/tensorrt-int8 or
-tensorrt-fp16: model.onnx + manifest.json), benchmark it with trtexec while tegrastats logs
-power, GPU load and temperatures, and write the device-results JSON.
+tensorrt-fp16: model.onnx + manifest.json), with engine.json beside it, benchmark it with trtexec
+for a fixed duration while tegrastats logs power, GPU load and temperatures, and write the
+device-results JSON (latency, throughput, power, energy per image).
 
 Options:
   --artifact DIR      the artifact directory copied from the export machine (required)
   --out FILE.json     where to write the results (default: ./jetson-<target>.json)
   --power-mode N      run `sudo nvpmodel -m N` first (0 is MAXN on Orin; list: nvpmodel -q --verbose)
   --clocks            run `sudo jetson_clocks` first (clocks pinned at their maximum until reboot)
-  --batch B           benchmark batch size (default 1; at most the manifest's --maxShapes batch)
-  --iterations N      measured inferences (default 1000)
+  --batch B           benchmark batch size (default 1); the engine is built for it: its profile's
+                      opt batch is B and its max batch at least B
+  --duration S        measure for S seconds (default 20): long enough for tegrastats' power samples
+  --iterations N      measure at least N inferences, even past --duration (default 10)
   --warmup-ms MS      trtexec warm-up before measuring (default 2000)
+  --no-spin-wait      let trtexec block on GPU events instead of spinning (--useSpinWait, the default,
+                      steadies latencies but keeps a CPU core busy, which the power figures include)
   --workdir DIR       where the engine, timing cache and logs go (default ./edgevit-jetson-<target>;
                       keep it between runs so the timing cache makes rebuilds fast)
   --trtexec PATH      trtexec binary (default /usr/src/tensorrt/bin/trtexec, else the one on PATH)
@@ -83,10 +88,12 @@ parse_args() {
             --power-mode) need_value "$@"; need_int "$1" "$2" 0; POWER_MODE=$2; shift ;;
             --clocks) CLOCKS=1 ;;
             --batch) need_value "$@"; need_int "$1" "$2" 1; BATCH=$2; shift ;;
-            --iterations) need_value "$@"; need_int "$1" "$2" 1000; ITERATIONS=$2; shift ;;
+            --duration) need_value "$@"; need_int "$1" "$2" 20; DURATION=$2; shift ;;
+            --iterations) need_value "$@"; need_int "$1" "$2" 10; ITERATIONS=$2; shift ;;
             --warmup-ms) need_value "$@"; need_int "$1" "$2" 2000; WARMUP_MS=$2; shift ;;
             --workdir) need_value "$@"; WORKDIR=$2; shift ;;
             --trtexec) need_value "$@"; TRTEXEC=$2; shift ;;
+            --no-spin-wait) SPIN_WAIT=0 ;;
             --dry-run) DRY_RUN=1 ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument '$1'" "see edgevit_jetson.sh --help" ;;
@@ -95,7 +102,8 @@ parse_args() {
     done
     [[ -n $ARTIFACT ]] || die "no --artifact given" \
         "pass the artifact directory copied from the export machine: --artifact artifacts/tensorrt-int8"
-    [[ $BATCH -ge 1 && $ITERATIONS -ge 1 ]] || die "--batch and --iterations must be at least 1"
+    [[ $BATCH -ge 1 && $ITERATIONS -ge 1 && $DURATION -ge 1 ]] \
+        || die "--batch, --duration and --iterations must be at least 1" "e.g. --batch 1 --duration 20"
 }
 
 check_artifact() {
@@ -134,8 +142,12 @@ pkg_version() {  # first installed version of the named Debian packages, without
 }
 
 detect_device() {
-    DEVICE_MODEL=unknown L4T="" JETPACK="" TRT_VERSION=""
+    DEVICE_MODEL=unknown L4T="" JETPACK="" TRT_VERSION="" GPU_NAME=""
     if [[ -r /proc/device-tree/model ]]; then DEVICE_MODEL=$(tr -d '\0' </proc/device-tree/model); fi
+    if [[ $DEVICE_MODEL != unknown ]]; then GPU_NAME=$DEVICE_MODEL
+    elif command -v nvidia-smi >/dev/null; then
+        GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
+    fi
     if [[ -r /etc/nv_tegra_release ]]; then
         L4T=$(sed -n 's/^# R\([0-9]*\) (release), REVISION: \([0-9.]*\),.*/\1.\2/p' /etc/nv_tegra_release)
     fi
@@ -180,8 +192,8 @@ set_power() {  # optional nvpmodel / jetson_clocks; records whether each was app
 }
 
 read_manifest() {  # BUILD_ARGS, ENGINE, SHAPES, TARGET from the manifest (summarize.py reads the JSON)
-    local args
-    args=$("$PYTHON" "$SUMMARIZE" build-args "$ARTIFACT/manifest.json") || die "cannot read $ARTIFACT/manifest.json" \
+    local args  # the build flags: --skipInference, and the profile's opt batch = the benchmark batch
+    args=$("$PYTHON" "$SUMMARIZE" build-args "$ARTIFACT/manifest.json" "$BATCH") || die "cannot read $ARTIFACT/manifest.json" \
         "copy the artifact directory again; the message above says what is wrong"
     mapfile -t BUILD_ARGS <<<"$args"
     SHAPES=$("$PYTHON" "$SUMMARIZE" bench-shape "$ARTIFACT/manifest.json" "$BATCH") || exit 2
@@ -204,24 +216,37 @@ prepare_workdir() {
     for f in "$ARTIFACT"/*.data "$ARTIFACT"/*.onnx_data; do  # external weights of large models
         if [[ -f $f ]]; then run cp "$f" "$WORKDIR/"; fi
     done
-    run rm -f "$WORKDIR/$ENGINE" "$WORKDIR/times.json" "$WORKDIR/tegrastats.log"
+    run rm -f "$WORKDIR/$ENGINE" "$WORKDIR/engine.json" "$WORKDIR/times.json" "$WORKDIR/tegrastats.log"
 }
 
-build_engine() {
+build_engine() {  # build only (--skipInference is in BUILD_ARGS): the time is the build's alone
     local t0 t1
-    note "building the engine in $WORKDIR (minutes on the first run; the timing cache speeds up the next)"
+    note "building the engine for batch $BATCH in $WORKDIR (minutes on the first run; the timing cache speeds up the next)"
     t0=$(date +%s.%N)
     run_logged "$WORKDIR" "$WORKDIR/build.log" "$TRTEXEC" "${BUILD_ARGS[@]}" \
         || die "trtexec could not build the engine (log: $WORKDIR/build.log)" \
             "read the last lines of the log; a TensorRT older than 10 may not know --stronglyTyped"
     t1=$(date +%s.%N)
-    BUILD_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    BUILD_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     if ! dry; then
         local v
         v=$(awk -F'TensorRT version: ' 'NF > 1 { split($2, p, " "); print p[1]; exit }' "$WORKDIR/build.log")
         TRT_VERSION=${v:-$TRT_VERSION}
+        if [[ -z $GPU_NAME ]]; then  # neither a device-tree model nor nvidia-smi: the GPU trtexec selected
+            GPU_NAME=$(awk -F'Selected Device: ' 'NF > 1 { sub(/[[:space:]]+$/, "", $2); print $2; exit }' \
+                "$WORKDIR/build.log")
+        fi
         [[ -s $WORKDIR/$ENGINE ]] || die "trtexec finished but wrote no $WORKDIR/$ENGINE" "see $WORKDIR/build.log"
     fi
+    write_engine_json
+}
+
+write_engine_json() {  # engine.json beside the engine: edgevit's TensorRT loader reads it when it is there
+    local meta
+    meta=$(dirname "$WORKDIR/$ENGINE")
+    run "$PYTHON" "$SUMMARIZE" engine-json --manifest "$ARTIFACT/manifest.json" --onnx "$ARTIFACT/model.onnx" \
+        --engine "$WORKDIR/$ENGINE" --batch "$BATCH" --build-s "$BUILD_S" --tensorrt "$TRT_VERSION" \
+        --gpu "$GPU_NAME" --out "$meta/engine.json" || die "could not write $meta/engine.json" "see the message above"
 }
 
 start_tegrastats() {
@@ -252,8 +277,11 @@ stop_tegrastats() {
 benchmark() {
     start_tegrastats
     WINDOW_START=$(date +%s.%N)
-    run_logged "$WORKDIR" "$WORKDIR/bench.log" "$TRTEXEC" "--loadEngine=$ENGINE" "--shapes=$SHAPES" \
-        "--warmUp=$WARMUP_MS" "--iterations=$ITERATIONS" --duration=0 --useSpinWait --exportTimes=times.json \
+    local flags=("--loadEngine=$ENGINE" "--shapes=$SHAPES" "--warmUp=$WARMUP_MS" "--duration=$DURATION"
+        "--iterations=$ITERATIONS" --exportTimes=times.json)
+    if [[ $SPIN_WAIT -eq 1 ]]; then flags+=(--useSpinWait); fi
+    note "benchmarking for ${DURATION}s after a ${WARMUP_MS} ms warm-up (tegrastats samples power meanwhile)"
+    run_logged "$WORKDIR" "$WORKDIR/bench.log" "$TRTEXEC" "${flags[@]}" \
         || die "the trtexec benchmark failed (log: $WORKDIR/bench.log)" "read the last lines of the log"
     WINDOW_END=$(date +%s.%N)
     stop_tegrastats
@@ -261,7 +289,7 @@ benchmark() {
 
 summarize() {
     local cmd=("$PYTHON" "$SUMMARIZE" summarize --manifest "$ARTIFACT/manifest.json" --onnx "$ARTIFACT/model.onnx"
-        --times "$WORKDIR/times.json" --engine "$WORKDIR/$ENGINE" --build-s "$BUILD_S" --batch "$BATCH"
+        --times "$WORKDIR/times.json" --bench-log "$WORKDIR/bench.log" --engine "$WORKDIR/$ENGINE" --build-s "$BUILD_S" --batch "$BATCH"
         --warmup-ms "$WARMUP_MS" --window "$WINDOW_START" "$WINDOW_END" --device-model "$DEVICE_MODEL"
         --l4t "$L4T" --jetpack "$JETPACK" --tensorrt "$TRT_VERSION" --power-mode "$POWER_MODE_NAME"
         --power-mode-id "$POWER_MODE_ID" --command "$COMMAND_LINE" --out "$OUT")

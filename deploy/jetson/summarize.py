@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Sum up an edgevit TensorRT benchmark on a Jetson board as a device-results JSON (format 1).
 
-Standard library only: the board may have no numpy. edgevit_jetson.sh calls three subcommands:
+Standard library only: the board may have no numpy. edgevit_jetson.sh calls four subcommands:
 
-  summarize.py build-args MANIFEST           trtexec build flags, one per line (defaults when the
-                                             manifest has no export.trtexec_args, said on stderr)
+  summarize.py build-args MANIFEST [BATCH]   trtexec build flags, one per line (defaults when the
+                                             manifest has no export.trtexec_args, said on stderr), with
+                                             --skipInference and the profile's opt batch = BATCH
   summarize.py bench-shape MANIFEST BATCH    the --shapes value for the benchmark, e.g. input:1x3x224x224
-  summarize.py summarize --times T ...       read trtexec's --exportTimes JSON and the tegrastats log,
-                                             write the results JSON atomically (see --help)
+  summarize.py engine-json --engine E ...    write engine.json beside the engine (see --help)
+  summarize.py summarize --times T ...       read trtexec's --exportTimes JSON and output, and the tegrastats
+                                             log; write the results JSON atomically (see --help)
+
+Power, the benchmark window and energy per image are computed in jetson_power.py, beside this file.
 
 The times file is trtexec's --exportTimes output (TensorRT 8.6/10): a list with one object per
 measured inference, keys startEnqMs, endEnqMs, startH2dMs, endH2dMs, startComputeMs, endComputeMs,
@@ -21,19 +25,14 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jetson_power import measured_part, read_bench_log, read_samples, window_and_energy  # noqa: E402
 
 FORMAT = "edgevit-device-results/1"
-TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # whole-board input power (Orin NX/Nano, Xavier NX, TX2 / Nano)
-NOT_RAILS = {"RAM", "SWAP", "IRAM", "LFB"}
-FAKE_TEMPS = {"PMIC"}  # a fixed 100C placeholder on Nano/TX boards, not a measurement
-RAIL_RE = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
-TEMP_RE = re.compile(r"\b([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C\b")
-GPU_RE = re.compile(r"\bGR3D_FREQ\s+(\d+)%")
-STAMP_RE = re.compile(r"^(\d\d-\d\d-\d{4} \d\d:\d\d:\d\d)\s")
+BUILT_BY = "deploy/jetson/edgevit_jetson.sh"
 
 
 class SummaryError(Exception):
@@ -75,14 +74,15 @@ def default_build_args(input_size: list[int], max_batch: int = 8, workspace: str
             "--timingCacheFile=timing.cache"]
 
 
-def build_args(mf: dict, path: str = "manifest.json") -> tuple[list[str], str | None]:
-    """The manifest's export.trtexec_args (paths relative to the artifact dir), or the defaults and a note."""
+def build_args(mf: dict, path: str = "manifest.json", batch: int = 1) -> tuple[list[str], list[str]]:
+    """The build flags: the manifest's export.trtexec_args (paths relative to the artifact dir), or the
+    defaults, with the profile fitted to ``batch`` and --skipInference; and notes on what was changed."""
     args = (mf.get("export") or {}).get("trtexec_args")
-    note = None
+    notes = []
     if args is None:
         args = default_build_args(mf["data_config"]["input_size"])
-        note = (f"{path} has no export.trtexec_args: using the default build flags "
-                "(max batch 8, workspace 1024M, strongly typed)")
+        notes.append(f"{path} has no export.trtexec_args: using the default build flags "
+                     "(max batch 8, workspace 1024M, strongly typed)")
     elif not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
         raise SummaryError(f"{path}: export.trtexec_args must be a list of strings, got {args!r}")
     args = list(args)
@@ -90,7 +90,65 @@ def build_args(mf: dict, path: str = "manifest.json") -> tuple[list[str], str | 
         args.insert(0, "--onnx=model.onnx")
     if not any(a.startswith("--saveEngine=") for a in args):
         args.append("--saveEngine=model.plan")
-    return args, note
+    if "--skipInference" not in args:  # build only: a benchmark inside the build call would be timed with it
+        args.append("--skipInference")
+    args, note = fit_profile(args, batch)
+    return args, notes + ([note] if note else [])
+
+
+SHAPE_FLAGS = ("minShapes", "optShapes", "maxShapes")
+
+
+def parse_shapes(flag: str, spec: str) -> list[tuple[str, list[int]]]:
+    """``name:1x3x224x224[,name2:...]`` -> [(name, [1, 3, 224, 224]), ...]."""
+    out = []
+    for part in spec.split(","):
+        name, _, dims = part.rpartition(":")
+        try:
+            shape = [int(d) for d in dims.split("x")]
+        except ValueError:
+            shape = []
+        if not name or not shape:
+            raise SummaryError(f"--{flag}={spec} in the build flags is not name:BxCxHxW; re-export the artifact")
+        out.append((name, shape))
+    return out
+
+
+def _spec(entries: list[tuple[str, list[int]]]) -> str:
+    return ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in entries)
+
+
+def profile_of(args: list[str]) -> dict[str, list[list[int]]] | None:
+    """The optimisation profile in the build flags, {input: [min, opt, max]}; None for a static-shape build."""
+    specs = {k: _flag(args, k) for k in SHAPE_FLAGS}
+    given = [v for k, v in specs.items() if v]
+    if not given:
+        return None
+    base = dict(parse_shapes("optShapes", given[0]))
+    per = [dict(parse_shapes(k, v)) if v else base for k, v in specs.items()]
+    return {name: [p.get(name, base[name]) for p in per] for name in base}
+
+
+def fit_profile(args: list[str], batch: int) -> tuple[list[str], str | None]:
+    """Make the engine's profile fit the benchmark batch: opt = ``batch``, max >= it, min <= it.
+
+    TensorRT tunes its kernels for the opt shape, so a batch-4 benchmark of an engine tuned for batch 1
+    measures the wrong kernels. Static-shape builds (no shape flags) are left as they are."""
+    prof = profile_of(args)
+    if prof is None:
+        return args, None
+    lo, opt, hi = ([[n, list(s[i])] for n, s in prof.items()] for i in range(3))
+    note = None
+    if batch > hi[0][1][0]:
+        note = (f"--batch {batch} is above the manifest's maximum batch {hi[0][1][0]}: "
+                f"the engine is built with a maximum batch of {batch}")
+    for entries, pick in ((lo, min), (opt, lambda _b, new: new), (hi, max)):
+        for e in entries:
+            e[1][0] = pick(e[1][0], batch)
+    new = [f"--minShapes={_spec(lo)}", f"--optShapes={_spec(opt)}", f"--maxShapes={_spec(hi)}"]
+    is_shape = lambda a: any(a.startswith(f"--{k}=") for k in SHAPE_FLAGS)  # noqa: E731
+    first = next(i for i, a in enumerate(args) if is_shape(a))
+    return args[:first] + new + [a for a in args[first:] if not is_shape(a)], note
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -98,27 +156,23 @@ def _flag(args: list[str], name: str) -> str | None:
 
 
 def bench_shape(mf: dict, args: list[str], batch: int) -> str:
-    """``name:BxCxHxW`` for trtexec --shapes; refuses a batch above the engine's --maxShapes."""
+    """``name:BxCxHxW`` for trtexec --shapes (build_args has fitted the engine's profile to ``batch``)."""
     c, h, w = mf["data_config"]["input_size"]
-    spec = _flag(args, "maxShapes") or _flag(args, "optShapes")
-    name = spec.split(",")[0].rsplit(":", 1)[0] if spec else "input"
-    max_spec = _flag(args, "maxShapes")
-    if max_spec:
-        try:
-            max_batch = int(max_spec.split(",")[0].rsplit(":", 1)[1].split("x")[0])
-        except (IndexError, ValueError):
-            raise SummaryError(f"--maxShapes={max_spec} in the manifest's trtexec_args is not name:BxCxHxW; "
-                               "re-export the artifact") from None
-        if batch > max_batch:
-            raise SummaryError(f"--batch {batch} is above the engine's maximum batch {max_batch} "
-                               f"(--maxShapes={max_spec}); use --batch {max_batch} or less, or re-export "
-                               "with a larger maximum batch")
-    return f"{name}:{batch}x{c}x{h}x{w}"
+    prof = profile_of(args)
+    return f"{next(iter(prof)) if prof else 'input'}:{batch}x{c}x{h}x{w}"
 
 
-def runtime_precision(precision: str, args: list[str]) -> str:
+def manifest_runtime_precision(mf: dict) -> str | None:
+    """What the artifact says its engine computes (e.g. "int8 GEMMs + fp16"), else its precision, else None."""
+    for v in (mf.get("runtime_precision"), (mf.get("export") or {}).get("runtime_precision"), mf.get("precision")):
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def runtime_precision(mf: dict, args: list[str]) -> str:
     if "--stronglyTyped" in args:
-        return precision  # the graph's own types: int8 Q/DQ or fp16, LayerNorm as typed in the ONNX
+        return manifest_runtime_precision(mf) or "?"  # the graph's own types: int8 Q/DQ or fp16, as in the ONNX
     flags = [p for p in ("int8", "fp16", "bf16", "fp8") if f"--{p}" in args]
     return "+".join(flags) or "fp32"
 
@@ -181,65 +235,6 @@ def latency_stats(path: str, times: list[dict], batch: int) -> dict:
             "latency_key": key, "throughput_basis": "wall time" if span else "mean latency"}
 
 
-# ---------------------------------------------------------------- tegrastats
-def parse_tegrastats_line(line: str) -> dict | None:
-    rails = {m.group(1): int(m.group(2)) for m in RAIL_RE.finditer(line) if m.group(1) not in NOT_RAILS}
-    temps = {m.group(1): float(m.group(2)) for m in TEMP_RE.finditer(line) if float(m.group(2)) > -40}
-    gpu = GPU_RE.search(line)
-    if not rails and not temps and not gpu:
-        return None
-    stamp = STAMP_RE.match(line)
-    when = time.mktime(time.strptime(stamp.group(1), "%m-%d-%Y %H:%M:%S")) if stamp else None
-    return {"time": when, "rails_mw": rails, "temps_c": temps, "gpu_pct": int(gpu.group(1)) if gpu else None}
-
-
-def read_tegrastats(path: str | None, window: list[float] | None, warmup_ms: float, notes: list[str]) -> list[dict]:
-    if not path:
-        notes.append("no tegrastats log: power, GPU load and temperatures are null")
-        return []
-    try:
-        with open(path, errors="replace") as f:
-            samples = [s for s in map(parse_tegrastats_line, f) if s]
-    except FileNotFoundError:
-        notes.append(f"no tegrastats log at {path}: power, GPU load and temperatures are null")
-        return []
-    if not samples:
-        notes.append(f"{path} holds no tegrastats samples: power, GPU load and temperatures are null")
-        return []
-    if window:
-        # a line stamped S (whole seconds) was sampled in [S, S + 1): keep those overlapping the window
-        lo, hi = math.floor(window[0] + warmup_ms / 1000.0), math.floor(window[1])
-        inside = [s for s in samples if s["time"] is not None and lo <= s["time"] <= hi]
-        if inside:
-            return inside
-        notes.append("tegrastats lines carry no time stamps inside the benchmark window: all samples used")
-    return samples
-
-
-def power_stats(samples: list[dict]) -> dict:
-    out = {"power_w_mean": None, "power_w_max": None, "power_rail": None, "gpu_util_pct_mean": None,
-           "temp_c_max": None, "temps_c_max": {}, "tegrastats_samples": len(samples)}
-    if not samples:
-        return out
-    rails = sorted({r for s in samples for r in s["rails_mw"]})
-    total = next((r for r in TOTAL_RAILS if r in rails), None)
-    if rails:
-        watts = [(s["rails_mw"][total] if total else sum(s["rails_mw"].values())) / 1000.0
-                 for s in samples if (total in s["rails_mw"] if total else s["rails_mw"])]
-        out.update(power_w_mean=sum(watts) / len(watts), power_w_max=max(watts),
-                   power_rail=total or "sum of " + "+".join(rails))
-    gpu = [s["gpu_pct"] for s in samples if s["gpu_pct"] is not None]
-    if gpu:
-        out["gpu_util_pct_mean"] = sum(gpu) / len(gpu)
-    temps: dict[str, float] = {}
-    for s in samples:
-        for k, v in s["temps_c"].items():
-            temps[k] = max(v, temps.get(k, v))
-    real = [v for k, v in temps.items() if k.upper() not in FAKE_TEMPS]
-    out.update(temps_c_max=temps, temp_c_max=max(real) if real else None)
-    return out
-
-
 # ---------------------------------------------------------------- result file
 def sha256(path: str) -> str | None:
     if not os.path.isfile(path):
@@ -281,34 +276,69 @@ def device_facts(a: argparse.Namespace) -> dict:
             "power_mode_applied": a.power_mode_applied, "jetson_clocks": a.jetson_clocks}
 
 
+def row_name(target: str, batch: int) -> str:
+    return f"{target}@jetson" if batch == 1 else f"{target}@jetson-b{batch}"
+
+
 def summarize(a: argparse.Namespace) -> dict:
     notes: list[str] = []
+    warnings: list[str] = []
     mf = load_manifest(a.manifest)
-    args, note = build_args(mf, a.manifest)
-    notes += [note] if note else []
-    stats = latency_stats(a.times, load_times(a.times), a.batch)
-    power = power_stats(read_tegrastats(a.tegrastats, a.window, a.warmup_ms, notes))
+    args, more = build_args(mf, a.manifest, a.batch)
+    times = load_times(a.times)
+    stats = latency_stats(a.times, times, a.batch)
+    measured = measured_part(read_bench_log(a.bench_log), len(times), wall_span_ms(times))
+    power = window_and_energy(read_samples(a.tegrastats, notes), a.window, a.warmup_ms, measured, a.batch, warnings)
     engine_mb = os.path.getsize(a.engine) / 2**20 if a.engine and os.path.isfile(a.engine) else None
     trt = _none_if_empty(a.tensorrt)
-    row = {"name": f"{mf['target']}@jetson", "target": mf["target"], "backend": "tensorrt",
-           "precision": mf["precision"], "runtime_precision": runtime_precision(mf["precision"], args),
-           "runtime": f"tensorrt {trt or '?'} (trtexec)", "batch": a.batch, **stats, **power,
-           "engine_build_s": a.build_s, "engine_size_mb": engine_mb, "measured_on": "device"}
+    row = {"name": row_name(mf["target"], a.batch), "target": mf["target"], "backend": "tensorrt",
+           "precision": mf["precision"], "runtime_precision": runtime_precision(mf, args),
+           "runtime": f"tensorrt {trt or '?'} (trtexec)", "batch": a.batch, "profile": profile_of(args),
+           **stats, **power, "engine_build_s": a.build_s, "engine_size_mb": engine_mb, "measured_on": "device"}
     return {"format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": a.command, "device": device_facts(a),
             "artifact": {"target": mf["target"], "precision": mf["precision"],
                          "model": (mf.get("model") or {}).get("name"), "input_size": mf["data_config"]["input_size"],
                          "onnx_sha256": sha256(a.onnx) if a.onnx else None, "trtexec_args": args},
-            "rows": [row], "notes": notes}
+            "rows": [row], "notes": more + notes, "warnings": warnings}
 
 
-def _summarize_parser(sub) -> None:
+def engine_meta(a: argparse.Namespace) -> dict:
+    """engine.json beside model.plan, the facts edgevit's TensorRT loader reads when it is there."""
+    mf = load_manifest(a.manifest)
+    args, _ = build_args(mf, a.manifest, a.batch)
+    if not os.path.isfile(a.engine):
+        raise SummaryError(f"{a.engine}: no such file (trtexec wrote no engine: see build.log)")
+    prof = profile_of(args)
+    return {"tensorrt": _none_if_empty(a.tensorrt), "gpu": _none_if_empty(a.gpu), "built_by": BUILT_BY,
+            "trtexec_args": args, "profile": prof, "input": next(iter(prof)) if prof else None,
+            "engine_sha256": sha256(a.engine), "engine_bytes": os.path.getsize(a.engine), "build_s": a.build_s,
+            "runtime_precision": manifest_runtime_precision(mf), "strongly_typed": "--stronglyTyped" in args,
+            "onnx_sha256": sha256(a.onnx) if a.onnx else None,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _parsers(sub) -> None:
+    p = sub.add_parser("build-args", help="trtexec build flags from the manifest, one per line")
+    p.add_argument("manifest")
+    p.add_argument("batch", type=int, nargs="?", default=1, help="the benchmark batch: the profile's opt batch")
+    p = sub.add_parser("bench-shape", help="the --shapes value for the benchmark")
+    p.add_argument("manifest")
+    p.add_argument("batch", type=int)
+    p = sub.add_parser("engine-json", help="write engine.json beside the engine trtexec built")
+    for name in ("manifest", "engine", "out"):
+        p.add_argument(f"--{name}", required=True)
+    for name in ("onnx", "tensorrt", "gpu"):  # gpu: the board model (/proc/device-tree/model) or nvidia-smi's
+        p.add_argument(f"--{name}", default="")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--build-s", type=float)
     p = sub.add_parser("summarize", help="write the device-results JSON")
     p.add_argument("--manifest", required=True)
     p.add_argument("--times", required=True, help="trtexec --exportTimes JSON")
     p.add_argument("--out", required=True)
     p.add_argument("--onnx", help="the model.onnx the engine was built from (for its sha256)")
     p.add_argument("--tegrastats", help="tegrastats --logfile output (optional)")
+    p.add_argument("--bench-log", help="trtexec's benchmark output (its Throughput and Total Host Walltime)")
     p.add_argument("--engine", help="the built engine (for its size)")
     p.add_argument("--build-s", type=float)
     p.add_argument("--batch", type=int, default=1)
@@ -321,39 +351,38 @@ def _summarize_parser(sub) -> None:
     p.add_argument("--jetson-clocks", action="store_true")
 
 
+def _report(result: dict, out: str) -> None:
+    for n in result["notes"]:
+        print(f"summarize.py: note: {n}", file=sys.stderr)
+    for w in result["warnings"]:
+        print(f"summarize.py: WARNING: {w}", file=sys.stderr)
+    r = result["rows"][0]
+    fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
+    print(f"{r['name']}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['throughput_ips']:.1f} img/s, "
+          f"power {fmt(r['power_w_mean'], '{:.2f} W')} ({r['tegrastats_samples']} samples), "
+          f"energy {fmt(r['energy_mj_per_image'], '{:.2f} mJ/image')} -> {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("build-args", help="trtexec build flags from the manifest, one per line")
-    p.add_argument("manifest")
-    p = sub.add_parser("bench-shape", help="the --shapes value for the benchmark")
-    p.add_argument("manifest")
-    p.add_argument("batch", type=int)
-    _summarize_parser(sub)
+    _parsers(ap.add_subparsers(dest="cmd", required=True))
     a = ap.parse_args(argv)
     try:
-        if a.cmd == "summarize":
-            result = summarize(a)
+        if a.cmd in ("summarize", "engine-json"):
+            result = summarize(a) if a.cmd == "summarize" else engine_meta(a)
             write_atomic(a.out, result)
-            for n in result["notes"]:
-                print(f"summarize.py: note: {n}", file=sys.stderr)
-            r = result["rows"][0]
-            print(f"{r['name']}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
-                  f"{r['throughput_ips']:.1f} img/s, power {_w(r['power_w_mean'])} -> {a.out}")
+            if a.cmd == "summarize":
+                _report(result, a.out)
             return 0
         mf = load_manifest(a.manifest)
-        args, note = build_args(mf, a.manifest)
-        if note and a.cmd == "build-args":
+        args, notes = build_args(mf, a.manifest, a.batch)
+        for note in notes if a.cmd == "build-args" else []:
             print(f"summarize.py: note: {note}", file=sys.stderr)
         print(bench_shape(mf, args, a.batch) if a.cmd == "bench-shape" else "\n".join(args))
         return 0
     except SummaryError as e:
         print(f"summarize.py: error: {e}", file=sys.stderr)
         return 2
-
-
-def _w(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f} W"
 
 
 if __name__ == "__main__":

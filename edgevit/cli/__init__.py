@@ -1,12 +1,12 @@
 """The ``edgevit`` command: a thin typer layer over :mod:`edgevit.api`, one module per command group
-(:mod:`.export`, :mod:`.train`, :mod:`.info`); errors and exit codes in :mod:`.common`."""
+(:mod:`.export`, :mod:`.train`, :mod:`.info`, :mod:`.inspect`); errors and exit codes in :mod:`.common`."""
 from __future__ import annotations
 
 import sys
 
 import typer
 
-from . import export, info, train
+from . import export, info, inspect, train
 from .common import friendly, print_error
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
          "Start offline with `edgevit quickstart`; export a model with "
          "`edgevit export --model deit_tiny --target openvino --checkpoint weights.pth --data val/`.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-for group in (info, export, train):
+for group in (info, inspect, export, train):
     group.register(app)
 
 __all__ = ["app", "main", "friendly", "print_error"]

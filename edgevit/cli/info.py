@@ -39,9 +39,9 @@ def targets(options: bool = typer.Option(False, "--options", help="list every ta
         return
     t = table("target", "backend", "precision", "status", "what it makes", title="edgevit targets")
     for tg in api.targets():
-        miss = tg.missing()
+        status = tg.status()
         t.add_row(tg.name, tg.backend, tg.precision,
-                  "[green]ready[/]" if not miss else f"[red]needs {', '.join(miss)}[/]", tg.description)
+                  "[green]ready[/]" if status == "ready" else f"[yellow]{status}[/]", tg.description)
     out.print(t)
 
 

@@ -118,6 +118,8 @@ def quantize_onnx(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | Non
                             use_external_data_format=large)
     finally:
         root.level = level
+    if cfg.quantize_norms:
+        facts["norm_weights_kept_float"] = float_norm_weights(dst, onnx_fp32)
     return {**facts, **external_data_facts(dst), "calibrator": method,
             "calib_images": None if calib is None else len(calib),
             "activations": "int8 symmetric per-tensor" if trt else "uint8 asymmetric per-tensor",
@@ -135,3 +137,46 @@ def _norm_nodes(onnx_path: Path) -> list[str]:
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
     return [n.name for n in g.node if n.op_type in NORM_OPS]
+
+
+def float_norm_weights(qdq: Path, onnx_fp32: Path) -> int:
+    """Put the float gamma/beta back into every LayerNormalization of ``qdq`` (ONNX Runtime's
+    quantizer makes them int8 when norms are quantized; TensorRT's LayerNorm takes float weights,
+    and ``quantize_norms`` means its activation input only). Returns how many were restored."""
+    import onnx
+
+    from ..graph import save_onnx
+
+    q, f = onnx.load(str(qdq)), onnx.load(str(onnx_fp32))
+    orig = {n.name: n for n in f.graph.node if n.op_type in NORM_OPS}
+    f_inits = {t.name: t for t in f.graph.initializer}
+    have = {t.name for t in q.graph.initializer}
+    restored = 0
+    for node in (n for n in q.graph.node if n.name in orig):
+        for i in range(1, min(len(node.input), len(orig[node.name].input))):
+            want = orig[node.name].input[i]
+            if node.input[i] != want and want in f_inits:
+                node.input[i] = want
+                restored += 1
+                if want not in have:
+                    q.graph.initializer.append(f_inits[want])
+                    have.add(want)
+    if restored:
+        _drop_dead(q.graph)
+        save_onnx(q, qdq)
+    return restored
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes and initializers nothing reads any more (the norm weights' Q/DQ)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -4,7 +4,9 @@
 ``max_drop`` first searches the layers to keep float (:mod:`edgevit.quant.fallback`). Targets only
 convert or load what it writes. Forms:
 
-* ``ort-dynamic``, ``ort-static``, ``trt-qdq``: ONNX Runtime's quantizer (:mod:`edgevit.quant.ort`).
+* ``ort-dynamic``, ``ort-static``, ``trt-qdq``: ONNX Runtime's quantizer (:mod:`edgevit.quant.ort`);
+  ``trt-qdq`` then has fp16 outside its int8 GEMMs (:mod:`edgevit.quant.fp16`), so the graph the
+  ``--max-drop`` search measures is the one TensorRT compiles.
 * ``nncf``: NNCF on the OpenVINO model (:mod:`edgevit.quant.nncf_ptq`).
 """
 from __future__ import annotations
@@ -49,8 +51,16 @@ def build(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | None, cfg: 
         return quantize_openvino(onnx_fp32, dst, calib, cfg, exclude, smooth_quant)
     from .ort import quantize_onnx
 
-    return quantize_onnx(form, onnx_fp32, dst, calib if needs_calibration(form) else None, cfg, exclude,
-                         range_cache=cache)
+    x = calib if needs_calibration(form) else None
+    if form != "trt-qdq":
+        return quantize_onnx(form, onnx_fp32, dst, x, cfg, exclude, range_cache=cache)
+    from .fp16 import fp16_outside_gemms
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-qdq-") as work:  # TensorRT's: fp16 outside the GEMMs
+        qdq32 = Path(work) / "qdq32.onnx"
+        facts = quantize_onnx(form, onnx_fp32, qdq32, x, cfg, exclude, range_cache=cache)
+        facts.pop("external_data", None)
+        return {**facts, **fp16_outside_gemms(qdq32, dst)}
 
 
 def quantize(form: str, onnx_fp32: Path, dst: Path, cfg: QuantConfig, calib: Any = None,

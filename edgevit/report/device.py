@@ -1,8 +1,10 @@
 """Results measured on an edge device (deploy/jetson/edgevit_jetson.sh), merged into a run's report.
 
 A device-results file (format ``edgevit-device-results/1``) holds the device's facts (model,
-JetPack, TensorRT, power mode, clocks), the artifact it measured (target, model, sha256 of its ONNX)
-and one row per benchmark. :func:`merge_device_results` validates files and keeps their rows in
+JetPack, TensorRT, power mode, clocks), the artifact it measured (target, model, sha256 of its ONNX),
+one row per benchmark (latency, throughput, power and energy per image over the benchmark window,
+the engine's optimisation profile) and ``warnings`` about the measurement (e.g. too few power
+samples). :func:`merge_device_results` validates files and keeps their rows in
 ``RUN/results/device.json``, keyed by row name (a later file replaces a row of the same name), so
 ``edgevit report`` shows them on every later run of the report.
 """
@@ -57,6 +59,9 @@ def load_device_results(path: str | Path) -> dict[str, Any]:
     for key in ("device", "artifact"):
         if not isinstance(data.get(key, {}), dict):
             raise _bad(path, f"'{key}' must be an object")
+    warnings = data.get("warnings", [])
+    if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+        raise _bad(path, f"'warnings' must be a list of strings, got {warnings!r}")
     return data
 
 
@@ -68,7 +73,7 @@ def _check_row(path: Path, i: int, row: Any) -> None:
     if not _is_number(row.get("p50_ms")):
         raise _bad(path, f"rows[{i}] ({row['name']}) has no numeric 'p50_ms' (got {row.get('p50_ms')!r})",
                    "run the benchmark again; " + MAKE_IT)
-    for key in ("p90_ms", "p99_ms"):
+    for key in ("p90_ms", "p99_ms", "power_w_mean", "energy_mj_per_image"):
         if key in row and row[key] is not None and not _is_number(row[key]):
             raise _bad(path, f"rows[{i}] ({row['name']}) has a non-numeric {key!r}: {row[key]!r}")
 
@@ -99,7 +104,8 @@ def _merged_rows(path: Path, data: dict[str, Any], run_dir: Path) -> dict[str, d
     same = None if not (local and art.get("onnx_sha256")) else local == art["onnx_sha256"]
     return {row["name"]: {**row, "measured_on": "device", "device": data.get("device") or {},
                           "artifact_measured": art, "onnx_matches_run": same, "source": str(path),
-                          "created": data.get("created"), "command": data.get("command")} for row in data["rows"]}
+                          "created": data.get("created"), "command": data.get("command"),
+                          "warnings": list(data.get("warnings") or [])} for row in data["rows"]}
 
 
 def merge_device_results(run_dir: str | Path, paths: list[str | Path]) -> Path:

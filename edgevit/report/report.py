@@ -61,12 +61,13 @@ def device_facts(r: dict[str, Any]) -> dict[str, Any]:
             "tensorrt": d.get("tensorrt"), "power_mode": mode, "power_mode_applied": d.get("power_mode_applied"),
             "jetson_clocks": d.get("jetson_clocks"), "batch": r.get("batch"),
             **{k: r.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips", "power_w_mean",
-                                     "power_w_max", "temp_c_max", "engine_build_s", "onnx_matches_run")}}
+                                     "power_w_max", "energy_mj_per_image", "temp_c_max", "engine_build_s",
+                                     "onnx_matches_run")}}
 
 
 DEVICE_COLUMNS = [("name", "row"), ("device", "device"), ("software", "JetPack / TensorRT"),
                   ("power_mode", "power mode"), ("clocks", "jetson_clocks"), ("latency", "p50 / p90 / p99 ms"),
-                  ("power", "power mean / max W"), ("temp", "max °C")]
+                  ("power", "power mean / max W"), ("energy", "mJ / image"), ("temp", "max °C")]
 
 
 def _device_cells(f: dict[str, Any]) -> dict[str, str]:
@@ -80,6 +81,7 @@ def _device_cells(f: dict[str, Any]) -> dict[str, str]:
             "clocks": "on" if f["jetson_clocks"] else "not set",
             "latency": " / ".join(num(f[k], "{:.2f}") for k in ("p50_ms", "p90_ms", "p99_ms")),
             "power": f"{num(f['power_w_mean'], '{:.2f}')} / {num(f['power_w_max'], '{:.2f}')}",
+            "energy": num(f.get("energy_mj_per_image"), "{:.2f}"),
             "temp": num(f["temp_c_max"], "{:.1f}")}
 
 

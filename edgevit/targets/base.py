@@ -101,6 +101,21 @@ class Target:
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
+    def inspect(self, art_dir: Path) -> dict[str, Any]:
+        """``edgevit inspect``: the precision map of the graph that ships (ONNX graphs here; a target
+        shipping another format overrides this)."""
+        path = art_dir / self.model_file
+        if path.suffix != ".onnx":
+            raise ArtifactError(f"{art_dir} ({self.name}) ships {self.model_file}; edgevit inspect reads ONNX graphs "
+                                "(onnx*, tensorrt-*) and OpenVINO IR", "inspect an onnx or tensorrt artifact")
+        from ..precision import precision_map
+
+        return {"target": self.name, "graph": precision_map(path)}
+
+    def status(self) -> str:
+        """``edgevit targets``' status column: "ready", or what is missing here."""
+        return f"needs {', '.join(miss)}" if (miss := self.missing()) else "ready"
+
     def check_available(self) -> None:
         if miss := self.missing():
             raise TargetError(f"target {self.name!r} needs {', '.join(miss)}, which is not installed",

@@ -8,6 +8,7 @@ The precision the runtime really used is recorded with every prediction and benc
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,20 +47,12 @@ class OpenVinoTarget(Target):
         seen gets its own static compiled model (validation sees at most two: full and last batch)."""
         import openvino as ov
 
-        device = os.environ.get("EDGEVIT_OV_DEVICE", "CPU")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.precision == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
         model = _core().read_model(str(art_dir / self.model_file))
         compiled: dict[tuple[int, ...], Any] = {}
 
         def request_for(shape: tuple[int, ...]):
             if shape not in compiled:
-                m = model.clone()
-                m.reshape({m.input(0).get_any_name(): ov.PartialShape(list(shape))})
-                cm = _core().compile_model(m, device, config)
+                cm = self.compile(model, shape, threads)
                 compiled[shape] = (cm, cm.create_infer_request())
             return compiled[shape]
 
@@ -68,14 +61,70 @@ class OpenVinoTarget(Target):
             out = request.infer({0: x}, share_inputs=True)
             return np.array(out[cm.output(0)], dtype=np.float32)
 
-        size = [1, *[d.get_length() for d in list(model.input(0).get_partial_shape())[1:]]]
-        first, _ = request_for(tuple(size))  # compile now, so load errors surface at load time
+        first, _ = request_for(_batch1(model))  # compile now, so load errors surface at load time
         runtime_precision = str(first.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "")
         precision = _short(runtime_precision)
         if self.precision == "int8":  # int8 where quantized, the device's default precision elsewhere
             precision = f"int8/{precision}"
-        return Runner(predict, {"runtime": f"openvino {ov.__version__}", "device": device,
+        return Runner(predict, {"runtime": f"openvino {ov.__version__}", "device": _device(),
                                 "precision": precision})
+
+    def compile(self, model, shape: tuple[int, ...], threads: int | None = None):
+        """The IR compiled for one static input shape, with this target's precision settings."""
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.precision == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        m = model.clone()
+        m.reshape({m.input(0).get_any_name(): ov.PartialShape(list(shape))})
+        return _core().compile_model(m, _device(), config)
+
+    def inspect(self, art_dir: Path) -> dict[str, Any]:
+        """The runtime graph OpenVINO compiled here (batch 1): each layer's precision and kernel."""
+        model = _core().read_model(str(art_dir / self.model_file))
+        return {"target": self.name, "runtime": {"device": _device(),
+                                                 **runtime_map(self.compile(model, _batch1(model)))}}
+
+
+def _device() -> str:
+    return os.environ.get("EDGEVIT_OV_DEVICE", "CPU")
+
+
+def _batch1(model) -> tuple[int, ...]:
+    return (1, *[d.get_length() for d in list(model.input(0).get_partial_shape())[1:]])
+
+
+OV_GEMMS = ("FullyConnected", "MatMul", "Convolution")
+OV_MOVES = ("Const", "Input", "Output", "Reshape", "Transpose", "Reorder", "Split", "Concatenation", "Gather",
+            "ShapeOf", "Broadcast")
+
+
+def runtime_map(compiled) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin runs: each executed layer's runtime precision and kernel, from the
+    compiled model's runtime graph (the kernel names show the ISA used: ``jit_avx2_I8``, ``brgemm_avx512_amx``)."""
+    ops = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kind = str(rt["layerType"].astype(str))
+        if kind in OV_MOVES:
+            continue
+        ops.append({"name": str(rt["originalLayersNames"].astype(str)), "op": kind,
+                    "precision": _short(str(rt["runtimePrecision"].astype(str))),
+                    "kernel": str(rt["primitiveType"].astype(str))})
+    gemms = [o for o in ops if o["op"] in OV_GEMMS]
+    int8 = [o for o in gemms if o["precision"] in ("i8", "u8")]
+    floats = Counter(o["precision"] for o in ops if o["op"] not in OV_GEMMS and o["op"] != "FakeQuantize")
+    summary = {"int8_gemms": len(int8), "gemms": len(gemms), "float_gemms": [o["name"] for o in gemms if o not in int8],
+               "compute_ops_by_precision": dict(floats), "gemm_kernels": dict(Counter(o["kernel"] for o in gemms)),
+               "label": (f"int8 GEMMs + {'/'.join(floats)}" if int8 else "/".join(floats)) or "?"}
+    warnings = []
+    if int8 and not any("vnni" in k or "amx" in k for o in int8 for k in [o["kernel"].lower()]):
+        warnings.append("the int8 GEMM kernels use no VNNI/AMX instructions on this CPU "
+                        f"({', '.join(sorted({o['kernel'] for o in int8}))}): int8 gains little over fp32 here")
+    return {"ops": ops, "summary": summary, "warnings": warnings}
 
 
 def _short(precision: str) -> str:

@@ -8,43 +8,46 @@ JetPack 6 ships). So precision is decided here, in the ONNX, not by builder flag
 * ``tensorrt-fp16``: the float ONNX converted to fp16 with float32 inputs/outputs and every
   LayerNormalization kept in fp32 (casts around it): ViT activations before LayerNorm can exceed
   fp16's range, and fp16 statistics over 192-768 channels lose digits.
-* ``tensorrt-int8``: the explicit Q/DQ graph of :mod:`edgevit.targets.int8` (int8 weights
-  per-channel, activations per-tensor, LayerNorm/Softmax/head float), checked against TensorRT's
-  int8 rules.
+* ``tensorrt-int8``: the explicit Q/DQ graph of :mod:`edgevit.targets.int8` (int8 GEMMs with
+  per-channel weights and per-tensor activations, float elsewhere), checked against TensorRT's
+  int8 rules; the runtime precision it reports ("int8 GEMMs + fp16") is recorded in ``engine.json``.
 
 Each artifact holds ``model.onnx`` (what TensorRT compiles), ``build_engine.sh`` (the exact
-``trtexec`` command that builds the engine on a device) and, where TensorRT and a CUDA GPU exist,
-``model.plan`` with ``engine.json`` beside it (TensorRT version, GPU, optimisation profile,
-workspace, timing cache, hashes). Engines are specific to the GPU and TensorRT version that built
-them. Where TensorRT or a GPU is missing, everything up to the ONNX is written and validated with
-ONNX Runtime, and the message says how to build the engine on the device.
+``trtexec`` command that builds the engine on a device, which then writes ``engine.json`` too) and,
+where TensorRT, cuda-python and a CUDA GPU exist, ``model.plan`` with ``engine.json`` (TensorRT
+version, GPU, optimisation profile, workspace, timing cache, hashes, runtime precision, the engine
+inspector's summary) and ``engine_layers.json`` beside it. Engines are specific to the GPU and
+TensorRT version that built them. Where TensorRT or a GPU is missing, everything up to the ONNX is
+written and validated with ONNX Runtime, and the message says how to build the engine on the device.
+Neither the builder nor the runner (:mod:`edgevit.targets.trt_runtime`) imports PyTorch.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import TargetError
 from ..graph import INPUT, OUTPUT, data_file, has_external_data, save_onnx
 from ..manifest import sha256_file, write_bytes
-from .base import Runner
+from .trt_runtime import ENGINE as ENGINE
+from .trt_runtime import ENGINE_LAYERS as ENGINE_LAYERS
+from .trt_runtime import ENGINE_META as ENGINE_META
+from .trt_runtime import EngineUnavailable as EngineUnavailable
+from .trt_runtime import deserialize, device_facts, import_cudart, trt_logger
+from .trt_runtime import engine_layers as engine_layers
+from .trt_runtime import engine_unavailable as engine_unavailable
+from .trt_runtime import load_engine as load_engine
 
-ENGINE, ENGINE_META, BUILD_SCRIPT = "model.plan", "engine.json", "build_engine.sh"
+BUILD_SCRIPT = "build_engine.sh"
 MIN_TRT_MAJOR = 10  # strongly typed networks and the name-based tensor API
 FP32_OPS = ["LayerNormalization"]  # kept in fp32 inside the fp16 engine
-
-
-class EngineUnavailable(TargetError):
-    """TensorRT or a CUDA GPU is missing: the engine cannot be built or run on this machine."""
 
 
 @dataclass
@@ -55,7 +58,7 @@ class EngineOptions:
     opt_batch: int = 1
     max_batch: int = 8
     workspace_mb: int = 1024
-    timing_cache: str | None = "default"  # a path; "default": ~/.cache/edgevit; None or "none": no cache
+    timing_cache: str | None = "default"  # a path; "default": keyed by TensorRT and GPU (cache_path); None/"none": off
     optimization_level: int = 3  # TensorRT's builder_optimization_level, 0-5
 
     def check(self) -> EngineOptions:
@@ -70,12 +73,17 @@ class EngineOptions:
                               "use 3 (TensorRT's default) or 5 for the longest search")
         return self
 
-    def cache_path(self) -> Path | None:
+    def cache_path(self, trt_version: str | None = None, gpu: str | None = None,
+                   compute_capability: str | None = None) -> Path | None:
+        """The timing cache file, None for none. The default one is keyed by TensorRT version and GPU
+        (a cache from another is refused by TensorRT): ``~/.cache/edgevit/tensorrt/10.3.0/orin-sm87/timing.cache``,
+        under ``$EDGEVIT_CACHE`` when set ("any" stands for what is not given)."""
         if not self.timing_cache or self.timing_cache.lower() == "none":
             return None
         if self.timing_cache == "default":
             base = Path(os.environ.get("EDGEVIT_CACHE", Path.home() / ".cache" / "edgevit"))
-            return base / "tensorrt" / "timing.cache"
+            sm = f"-sm{compute_capability.replace('.', '')}" if compute_capability else ""
+            return base / "tensorrt" / _slug(trt_version or "any") / f"{_slug(gpu or 'any-gpu')}{sm}" / "timing.cache"
         return Path(self.timing_cache)
 
     def shapes(self, input_size: list[int]) -> dict[str, list[list[int]]]:
@@ -107,7 +115,8 @@ def trtexec_args(eopts: EngineOptions, input_size: list[int], onnx: str = "model
     dims = ["x".join(map(str, s)) for s in eopts.shapes(input_size)[INPUT]]
     args = [f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped",
             f"--minShapes={INPUT}:{dims[0]}", f"--optShapes={INPUT}:{dims[1]}", f"--maxShapes={INPUT}:{dims[2]}",
-            f"--memPoolSize=workspace:{eopts.workspace_mb}M", f"--builderOptimizationLevel={eopts.optimization_level}"]
+            f"--memPoolSize=workspace:{eopts.workspace_mb}M", f"--builderOptimizationLevel={eopts.optimization_level}",
+            "--profilingVerbosity=detailed"]
     if eopts.cache_path() is not None:
         args.append("--timingCacheFile=timing.cache")
     return args
@@ -117,30 +126,97 @@ def trtexec_command(args: list[str]) -> str:
     return shlex.join(["trtexec", *args])
 
 
-def write_build_script(art_dir: Path, args: list[str]) -> Path:
+_SCRIPT = r"""#!/usr/bin/env bash
+# Build the TensorRT engine on the device it will run on (engines are GPU- and
+# TensorRT-version-specific). trtexec ships with TensorRT: /usr/src/tensorrt/bin on JetPack.
+# Writes model.plan, build.log and engine.json (what built it; edgevit reads it beside the plan).
+set -euo pipefail
+cd "$(dirname "$0")"
+TRTEXEC=${TRTEXEC:-trtexec}
+
+json_str() {  # $1 as a JSON string, or null when empty
+    if [ -z "${1:-}" ]; then printf 'null'; return 0; fi
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"' "$s"
+}
+
+log_value() {  # the rest of the first build.log line after "$1"
+    awk -F"$1" 'NF > 1 { sub(/[[:space:]]+$/, "", $2); print $2; exit }' build.log || true
+}
+
+rm -f engine.json
+@@TRTEXEC@@ 2>&1 | tee build.log
+[ -s model.plan ] || { echo "trtexec finished but wrote no model.plan (see build.log)" >&2; exit 1; }
+
+trt=$(log_value 'TensorRT version: ')
+trt=${trt%% *}
+if [ -z "$trt" ] && command -v python3 >/dev/null 2>&1; then
+    trt=$(python3 -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)
+fi
+gpu=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
+fi
+if [ -z "$gpu" ]; then gpu=$(log_value 'Selected Device: '); fi
+if command -v sha256sum >/dev/null 2>&1; then
+    sha=$(sha256sum model.plan | cut -d ' ' -f 1)
+else
+    sha=$(shasum -a 256 model.plan | cut -d ' ' -f 1)
+fi
+bytes=$(wc -c < model.plan | tr -d ' ')
+
+cat > engine.json.tmp <<EOF
+{
+  "tensorrt": $(json_str "$trt"),
+  "gpu": $(json_str "$gpu"),
+  "built_by": "build_engine.sh",
+  "trtexec_args": @@ARGS@@,
+  "profile": @@PROFILE@@,
+  "engine_sha256": "$sha",
+  "engine_bytes": $bytes,
+  "runtime_precision": @@PRECISION@@
+}
+EOF
+mv engine.json.tmp engine.json
+echo "built $(pwd)/model.plan and engine.json"
+"""
+
+
+def _heredoc(obj: Any) -> str:
+    """JSON for an unquoted heredoc: backslash, $ and backtick escaped."""
+    return re.sub(r"([\\$`])", r"\\\1", json.dumps(obj))
+
+
+def profile_of(args: list[str]) -> dict[str, list[list[int]]] | None:
+    """The optimisation profile trtexec's --min/opt/maxShapes give ({"input": [[min], [opt], [max]]}), or None."""
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for a in args:
+        if m := re.fullmatch(r"--(min|opt|max)Shapes=(.+)", a):
+            for spec in m.group(2).split(","):
+                name, _, dims = spec.rpartition(":")
+                shapes.setdefault(name.strip("'\""), {})[m.group(1)] = [int(d) for d in dims.split("x")]
+    profile = {n: [s[k] for k in ("min", "opt", "max")] for n, s in shapes.items() if len(s) == 3}
+    return profile or None
+
+
+def write_build_script(art_dir: Path, args: list[str], precision: str | None = None) -> Path:
+    """``build_engine.sh``: trtexec with ``args``, then ``engine.json`` beside ``model.plan`` (TensorRT version,
+    GPU, the args, the profile, the plan's sha256 and ``precision``, the runtime precision the target reports)."""
     path = art_dir / BUILD_SCRIPT
-    path.write_text("#!/usr/bin/env bash\n"
-                    "# Build the TensorRT engine on the device it will run on (engines are GPU- and\n"
-                    "# TensorRT-version-specific). trtexec ships with TensorRT: /usr/src/tensorrt/bin on JetPack.\n"
-                    "set -euo pipefail\ncd \"$(dirname \"$0\")\"\nTRTEXEC=${TRTEXEC:-trtexec}\n"
-                    f"\"$TRTEXEC\" {shlex.join(args)}\n")
+    text = (_SCRIPT.replace("@@TRTEXEC@@", f'"$TRTEXEC" {shlex.join(args)}')
+            .replace("@@ARGS@@", _heredoc(args)).replace("@@PROFILE@@", _heredoc(profile_of(args)))
+            .replace("@@PRECISION@@", _heredoc(precision)))
+    path.write_text(text)
     path.chmod(0o755)
     return path
 
 
-# -- building and running engines (need TensorRT and a GPU) -----------------------------------
-def engine_unavailable() -> str | None:
-    """Why engines cannot be built or run here, or None when they can."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return ("TensorRT is not installed (x86-64 with an NVIDIA GPU: pip install tensorrt; Jetson: it comes "
-                "with JetPack, sudo apt install nvidia-jetpack)")
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    return None
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
 
 
+# -- building engines (needs TensorRT, cuda-python and a GPU; no PyTorch) -----------------------
 def network_flags(trt) -> int:
     """Strongly typed: required for explicit precision on TensorRT 10, the default on 11."""
     major = int(str(trt.__version__).split(".")[0])
@@ -152,43 +228,103 @@ def network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def configure(trt, builder, config, eopts: EngineOptions, input_size: list[int]) -> bytes | None:
-    """Apply the options to a builder config; returns the timing cache bytes it started from."""
+def configure(trt, builder, config, eopts: EngineOptions, input_size: list[int]) -> None:
+    """Apply the options to a builder config: workspace, optimisation level, the profile, detailed
+    profiling verbosity (so the engine inspector can tell layer precisions)."""
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, eopts.workspace_mb << 20)
     config.builder_optimization_level = eopts.optimization_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in eopts.shapes(input_size).items():
         profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
     config.add_optimization_profile(profile)
-    cache_file = eopts.cache_path()
-    if cache_file is None:
+
+
+def _try_cache(config, data: bytes) -> str | None:
+    """Give the config a timing cache made from ``data``; None when done, else why not."""
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as e:
+        return f"create_timing_cache raised {type(e).__name__}: {e}"
+    if cache is None:
+        return "create_timing_cache returned None (a corrupt cache file?)"
+    try:
+        ok = config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception as e:
+        return f"set_timing_cache raised {type(e).__name__}: {e}"
+    return None if ok else "set_timing_cache refused it (made by another TensorRT version or GPU)"
+
+
+def attach_timing_cache(config, path: Path | None) -> dict[str, Any] | None:
+    """Start from the cache file at ``path`` when TensorRT takes it, else from a fresh cache, else none;
+    the record (path, reused, rejected: why the file was not used, active: a cache is attached) goes to engine.json."""
+    if path is None:
         return None
-    old = cache_file.read_bytes() if cache_file.is_file() else b""
-    cache = config.create_timing_cache(old)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):  # a cache from another GPU/TensorRT
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    rec: dict[str, Any] = {"path": str(path), "reused": False, "rejected": None, "active": False}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_bytes() if path.is_file() else b""
+    except OSError as e:
+        rec["rejected"] = f"cannot use {path.parent}: {e}"
         old = b""
-    return old
+    if old:
+        rec["rejected"] = _try_cache(config, old)
+        rec["reused"] = rec["active"] = rec["rejected"] is None
+    if not rec["active"]:
+        why = _try_cache(config, b"")
+        rec["active"] = why is None
+        if why:
+            rec["rejected"] = "; ".join(filter(None, [rec["rejected"], f"a fresh cache too: {why}"]))
+    return rec
 
 
-def build_engine(onnx_path: Path, art_dir: Path, eopts: EngineOptions, input_size: list[int]) -> dict[str, Any]:
-    """Parse ``onnx_path``, build the engine into ``art_dir/model.plan`` and write ``engine.json``."""
-    if why := engine_unavailable():
-        raise EngineUnavailable(f"cannot build a TensorRT engine here: {why}",
-                                f"on the device, in {art_dir}: ./{BUILD_SCRIPT}  (or deploy/jetson/edgevit_jetson.sh)")
-    import tensorrt as trt
-    import torch
+def _save_timing_cache(config, rec: dict[str, Any] | None) -> None:
+    if not rec or not rec["active"]:
+        return
+    try:
+        write_bytes(Path(rec["path"]), bytes(config.get_timing_cache().serialize()))
+        rec["saved"] = True
+    except Exception as e:  # a read-only cache folder does not fail the build
+        rec["saved"] = False
+        rec["save_error"] = f"{type(e).__name__}: {e}"
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+
+def _parse(trt, builder, logger, onnx_path: Path):
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TargetError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: {errors}",
                           "report this with the run's run.json and the ONNX")
+    return network, parser  # the parser must outlive the build (it owns the parsed weights)
+
+
+def _inspect(trt, data: bytes, art_dir: Path) -> dict[str, Any]:
+    """The engine inspector's summary; its per-layer list goes to engine_layers.json."""
+    try:
+        layers = engine_layers(deserialize(trt, data))
+    except Exception as e:  # the inspector is a report: it never fails the build
+        return {"error": f"{type(e).__name__}: {e}"}
+    write_bytes(art_dir / ENGINE_LAYERS, json.dumps(layers, indent=2).encode())
+    return layers["summary"]
+
+
+def build_engine(onnx_path: Path, art_dir: Path, eopts: EngineOptions, input_size: list[int],
+                 precision: str | None = None) -> dict[str, Any]:
+    """Parse ``onnx_path``, build the engine into ``art_dir/model.plan``, write ``engine.json`` and
+    ``engine_layers.json``; ``precision`` is the runtime precision the target reports ("int8 GEMMs + fp16")."""
+    if why := engine_unavailable():
+        raise EngineUnavailable(f"cannot build a TensorRT engine here: {why}",
+                                f"on the device, in {art_dir}: ./{BUILD_SCRIPT}  (or deploy/jetson/edgevit_jetson.sh)")
+    import tensorrt as trt
+
+    device = device_facts(import_cudart())
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
-    old_cache = configure(trt, builder, config, eopts, input_size)
+    configure(trt, builder, config, eopts, input_size)
+    cache = attach_timing_cache(config, eopts.cache_path(trt.__version__, device["gpu"], device["compute_capability"]))
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -197,55 +333,15 @@ def build_engine(onnx_path: Path, art_dir: Path, eopts: EngineOptions, input_siz
     build_s = time.perf_counter() - t0
     data = bytes(plan)
     write_bytes(art_dir / ENGINE, data)
-    cache_file = eopts.cache_path()
-    if cache_file is not None:
-        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-    props = torch.cuda.get_device_properties(0)
-    meta = {"tensorrt": trt.__version__, "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "strongly_typed": True, "profile": eopts.shapes(input_size), "workspace_mb": eopts.workspace_mb,
-            "optimization_level": eopts.optimization_level, "build_s": round(build_s, 2),
-            "timing_cache": {"path": str(cache_file), "reused": bool(old_cache)} if cache_file else None,
+    _save_timing_cache(config, cache)
+    meta = {"tensorrt": trt.__version__, **device, "built_by": "edgevit", "strongly_typed": True,
+            "profile": eopts.shapes(input_size), "workspace_mb": eopts.workspace_mb,
+            "optimization_level": eopts.optimization_level, "build_s": round(build_s, 2), "timing_cache": cache,
             "onnx_sha256": sha256_file(onnx_path), **_data_sha256(onnx_path), "engine_sha256": _sha256(data),
-            "engine_bytes": len(data), "input": INPUT, "output": OUTPUT}
+            "engine_bytes": len(data), "input": INPUT, "output": OUTPUT, "runtime_precision": precision,
+            "layers_summary": _inspect(trt, data, art_dir)}
     write_bytes(art_dir / ENGINE_META, json.dumps(meta, indent=2).encode())
     return meta
-
-
-def load_engine(art_dir: Path) -> Runner:
-    """Deserialize ``model.plan`` and run it on the GPU (torch CUDA tensors hold the buffers)."""
-    if why := engine_unavailable():
-        raise EngineUnavailable(f"cannot run {art_dir / ENGINE} here: {why}",
-                                "run it on a machine with TensorRT and an NVIDIA GPU")
-    import tensorrt as trt
-    import torch
-
-    meta = json.loads((art_dir / ENGINE_META).read_text())
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((art_dir / ENGINE).read_bytes())
-    if engine is None:
-        raise EngineUnavailable(f"{art_dir / ENGINE} was built by TensorRT {meta.get('tensorrt')} on "
-                                f"{meta.get('gpu')} and does not load with TensorRT {trt.__version__} here",
-                                f"rebuild it here: edgevit engine {art_dir}")
-    context = engine.create_execution_context()
-    stream = torch.cuda.Stream()
-    max_batch = meta["profile"][INPUT][2][0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(x).cuda()
-        context.set_input_shape(INPUT, tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=torch.float32, device="cuda")
-        context.set_tensor_address(INPUT, xt.data_ptr())
-        context.set_tensor_address(OUTPUT, y.data_ptr())
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise TargetError("TensorRT execution failed", "see TensorRT's log above")
-        stream.synchronize()
-        return y.cpu().numpy()
-
-    def predict(x: np.ndarray) -> np.ndarray:  # batches beyond the profile run in chunks
-        return np.concatenate([run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
-
-    return Runner(predict, {"runtime": f"tensorrt {trt.__version__}", "device": meta.get("gpu"),
-                            "precision": None})
-
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

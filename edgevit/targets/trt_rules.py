@@ -9,7 +9,8 @@ developer guide, "Explicit Quantization"):
    ``[K, N]`` axis 1; Gemm axis 0 with ``transB=1``, else 1) or per tensor;
 4. activations are quantized per tensor (a scalar scale);
 5. edgevit's ViT rule: no Q/DQ feeds LayerNormalization or Softmax unless asked, since TensorRT
-   fuses those in float and int8 there costs accuracy (a "Q/DQ feeds X" violation).
+   fuses those in float and int8 there costs accuracy (a "Q/DQ feeds X" violation); their
+   weights (gamma, beta) are never int8, asked or not. Casts between are looked through.
 
 :func:`check_tensorrt_rules` returns every violation found, each a line naming the node.
 """
@@ -98,8 +99,11 @@ def _check_dq(n, inits, consumers, counts, allow_norms: bool, is_weight: bool) -
     if scale is None:
         return [f"{n.name}: scale {n.input[1]} is not a constant"]
     axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-    for user in consumers.get(n.output[0], []):
-        if user.op_type in FLOAT_OPS and not allow_norms:
+    for user, index in _users(n.output[0], consumers):
+        if user.op_type in FLOAT_OPS and is_weight and index > 0:
+            out.append(f"{n.name}: int8 weights feed {user.op_type} {user.name} input {index} (gamma/beta stay "
+                       "float, also with --quantize-norms)")
+        elif user.op_type in FLOAT_OPS and not allow_norms:
             out.append(f"{n.name}: Q/DQ feeds {user.op_type} {user.name} (kept float unless asked)")
         if is_weight and scale.size > 1:
             want = _weight_axis(user)
@@ -112,6 +116,18 @@ def _check_dq(n, inits, consumers, counts, allow_norms: bool, is_weight: bool) -
         out.append(f"{n.name}: activation quantized per channel ({scale.size} scales); TensorRT needs per-tensor")
     else:
         counts["activations_per_tensor"] += 1
+    return out
+
+
+def _users(tensor: str, consumers) -> list[tuple[Any, int]]:
+    """The nodes reading ``tensor`` and at which input, looking through Casts (the fp16 graph casts
+    into LayerNorm's fp32 arithmetic)."""
+    out = []
+    for user in consumers.get(tensor, []):
+        if user.op_type == "Cast":
+            out += _users(user.output[0], consumers)
+        else:
+            out += [(user, i) for i, name in enumerate(user.input) if name == tensor]
     return out
 
 
