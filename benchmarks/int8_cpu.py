@@ -13,7 +13,8 @@ plain PTQ loses points, ``--max-drop 0.5`` keeps the most sensitive layers float
 
     python benchmarks/int8_cpu.py [--weights W.safetensors] [--epochs 10] [--qat-epochs 2] [--rounds 5]
 
-Without --weights the model is trained here (CPU, --epochs) into benchmarks/runs/int8_cpu.
+Without --weights the committed reference model is used (benchmarks/reference_model.py); without that
+file the model is trained here (CPU, --epochs) into benchmarks/runs/int8_cpu.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, check, write_results  # noqa: E402
+from reference_model import REFERENCE  # noqa: E402
 
 RUN = ROOT / "benchmarks" / "runs" / "int8_cpu"
 CIFAR = SHARED_DATA / "cifar-10-batches-py"
@@ -43,6 +45,8 @@ def weights_for(args) -> tuple[str, dict]:
     """The CIFAR model: --weights (with the run.json beside it, if any), else trained here."""
     from edgevit.manifest import sha256_file
 
+    if not args.weights and REFERENCE.is_file():  # the committed reference model (benchmarks/reference_model.py)
+        args.weights = str(REFERENCE)
     if args.weights:
         w = Path(args.weights)
         info = {"weights": str(w), "sha256": sha256_file(w)}
@@ -53,6 +57,10 @@ def weights_for(args) -> tuple[str, dict]:
             hist = [json.loads(x) for x in (w.parent / "history.jsonl").read_text().splitlines() if x.strip()]
             info["epochs_run"] = len(hist)
             info["last_epoch_val_top1"] = hist[-1]["val_top1"]
+        if w.with_suffix(".json").is_file():  # the reference model's record: recipe, training command, history
+            ref = json.loads(w.with_suffix(".json").read_text())
+            info.update(trained_by=ref.get("trained_by"), recipe=ref.get("recipe"),
+                        last_epoch_val_top1=ref.get("last_epoch_test_top1"), epochs_run=len(ref.get("history", [])))
         return str(w), info
     from edgevit.run.training import run_training
     from edgevit.train.engine import TrainConfig
@@ -206,7 +214,8 @@ def recovery(weights: str, qat_epochs: int) -> tuple[list[dict], dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", help="trained CIFAR DeiT-Ti (patch 4, 32 px) weights; default: train here")
+    ap.add_argument("--weights", help="trained CIFAR DeiT-Ti (patch 4, 32 px) weights; default: the committed "
+                    "reference model (benchmarks/reference/), else trained here")
     ap.add_argument("--epochs", type=int, default=10, help="CPU training epochs when --weights is not given")
     ap.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs in the recovery part")
     ap.add_argument("--rounds", type=int, default=5)

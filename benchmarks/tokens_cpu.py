@@ -105,7 +105,8 @@ def accuracy(weights: str, finetune_epochs: int) -> tuple[list[dict], dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", help="trained CIFAR DeiT-Ti (patch 4, 32 px); default: train here")
+    ap.add_argument("--weights", help="trained CIFAR DeiT-Ti (patch 4, 32 px); default: the committed reference "
+                    "model (benchmarks/reference/), else trained here")
     ap.add_argument("--epochs", type=int, default=10, help="CPU training epochs when --weights is not given")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)

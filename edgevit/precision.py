@@ -33,8 +33,10 @@ TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8", 6
 HEAD_NAMES = ("head", "head_dist", "fc", "classifier")
 
 
-def precision_map(onnx_path: str | Path) -> dict[str, Any]:
-    """Per-op compute precision of the ONNX at ``onnx_path`` with a summary and warnings."""
+def precision_map(onnx_path: str | Path, fp16_peer: str | None = "tensorrt-fp16") -> dict[str, Any]:
+    """Per-op compute precision of the ONNX at ``onnx_path`` with a summary and warnings. ``fp16_peer``:
+    the fp16 artifact an int8 one must beat where fp32 compute is the cost (a GPU runtime); None for a
+    CPU runtime, where float32 outside the int8 GEMMs is the norm."""
     g = _typed_graph(Path(onnx_path))
     types = _tensor_types(g)
     producers = {o: n for n in g.node for o in n.output}
@@ -52,7 +54,7 @@ def precision_map(onnx_path: str | Path) -> dict[str, Any]:
         if fp32_out and n.op_type not in NORM_OPS and not (n.op_type == "Cast" and _boundary_cast(n, users, io)):
             fp32_islands.append(n.name)
     summary = _summary(ops, fp32_islands)
-    return {"path": str(onnx_path), "ops": ops, "summary": summary, "warnings": warnings_for(summary)}
+    return {"path": str(onnx_path), "ops": ops, "summary": summary, "warnings": warnings_for(summary, fp16_peer)}
 
 
 def _summary(ops: list[dict[str, Any]], fp32_islands: list[str]) -> dict[str, Any]:
@@ -78,15 +80,15 @@ def _summary(ops: list[dict[str, Any]], fp32_islands: list[str]) -> dict[str, An
     }
 
 
-def warnings_for(s: dict[str, Any]) -> list[str]:
+def warnings_for(s: dict[str, Any], fp16_peer: str | None = "tensorrt-fp16") -> list[str]:
     """Why this graph may not beat fp16 (empty for a graph with no int8 at all)."""
     if not s["int8_gemms"]:
         return []
     out = []
-    if s["fp32_ops_outside_norms"]:
+    if s["fp32_ops_outside_norms"] and fp16_peer:
         out.append(f"{s['fp32_ops_outside_norms']} ops output fp32 outside LayerNorm (e.g. "
                    f"{s['fp32_islands'][0]}): fp32 elementwise work and fp32 GEMM outputs cost twice the "
-                   "memory traffic of fp16, so this int8 engine will likely not beat tensorrt-fp16")
+                   f"memory traffic of fp16, so this int8 engine will likely not beat {fp16_peer}")
     linear_float = s["linear_layers"] - s["linear_layers_quantized"] - int(s["head_float"])
     if s["linear_layers"] and linear_float > s["linear_layers"] // 4:
         out.append(f"{linear_float} of {s['linear_layers']} linear layers stay float (beside the head): most "

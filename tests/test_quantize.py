@@ -306,8 +306,9 @@ def test_qat_fine_tunes_and_exports_to_every_int8_target(tmp_path):
         assert mf["export"]["form"].startswith("qat-qdq") and mf["export"]["qat"]["epochs"] == 1
         assert mf["export"]["qat"]["distillation"].startswith("soft KD")
         assert mf["check_vs_pytorch"]["rel_max_abs_diff"] < 0.1  # vs the fake-quantized model
-    assert json.loads((out / "artifacts" / "tensorrt-int8" / "manifest.json").read_text())["export"][
-        "tensorrt_rules"]["count"] == 0
+    trt = json.loads((out / "artifacts" / "tensorrt-int8" / "manifest.json").read_text())["export"]
+    assert trt["tensorrt_rules"]["count"] == 0
+    assert trt["runtime_precision"] == "int8 GEMMs + fp16" and trt["precision_map"]["fp32_ops_outside_norms"] == 0
     assert (out / "qat" / "checkpoints" / "last.pt").is_file()
 
 

@@ -60,6 +60,7 @@ class Target:
 
     backend: str = ""
     requires: tuple[str, ...] = ()  # python modules that must import
+    fp16_peer: str | None = None  # the fp16 target an int8 graph must beat where fp32 compute costs (GPU runtimes)
     records: tuple[str, ...] = ()  # distributions whose versions its manifest records
     model_file: str = ""  # the main file inside the artifact directory
     Options: type = NoOptions  # a dataclass: the options this target honours, with their defaults
@@ -110,7 +111,7 @@ class Target:
                                 "(onnx*, tensorrt-*) and OpenVINO IR", "inspect an onnx or tensorrt artifact")
         from ..precision import precision_map
 
-        return {"target": self.name, "graph": precision_map(path)}
+        return {"target": self.name, "graph": precision_map(path, fp16_peer=self.fp16_peer)}
 
     def status(self) -> str:
         """``edgevit targets``' status column: "ready", or what is missing here."""

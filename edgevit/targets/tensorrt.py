@@ -53,6 +53,7 @@ class TensorRtTarget(OnnxTarget):
 
     backend = "tensorrt"
     records = ("tensorrt",)
+    fp16_peer = "tensorrt-fp16"
     Options = EngineOptions
 
     def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
