@@ -117,11 +117,12 @@ def runtime_map(compiled) -> dict[str, Any]:
     gemms = [o for o in ops if o["op"] in OV_GEMMS]
     int8 = [o for o in gemms if o["precision"] in ("i8", "u8")]
     floats = Counter(o["precision"] for o in ops if o["op"] not in OV_GEMMS and o["op"] != "FakeQuantize")
-    summary = {"int8_gemms": len(int8), "gemms": len(gemms), "float_gemms": [o["name"] for o in gemms if o not in int8],
+    summary = {"int8_gemms": len(int8), "gemms": len(gemms),
+               "float_gemms": [o["name"] for o in gemms if o["precision"] not in ("i8", "u8")],
                "compute_ops_by_precision": dict(floats), "gemm_kernels": dict(Counter(o["kernel"] for o in gemms)),
                "label": (f"int8 GEMMs + {'/'.join(floats)}" if int8 else "/".join(floats)) or "?"}
     warnings = []
-    if int8 and not any("vnni" in k or "amx" in k for o in int8 for k in [o["kernel"].lower()]):
+    if int8 and not any(isa in o["kernel"].lower() for o in int8 for isa in ("vnni", "amx")):
         warnings.append("the int8 GEMM kernels use no VNNI/AMX instructions on this CPU "
                         f"({', '.join(sorted({o['kernel'] for o in int8}))}): int8 gains little over fp32 here")
     return {"ops": ops, "summary": summary, "warnings": warnings}

@@ -67,7 +67,7 @@ class TensorRtTarget(OnnxTarget):
                      runtime_precision=pmap["summary"]["label"])
         size = list(ctx.input_size or input_size_of(out_dir / self.model_file))
         args = trtexec_args(eopts, size)
-        label = facts.get("runtime_precision") or self.precision
+        label = pmap["summary"]["label"]
         write_build_script(out_dir, args, precision=label)
         facts.update(trtexec_args=args, trtexec=trtexec_command(args),
                      engine_options={k: getattr(eopts, k) for k in asdict(EngineOptions())})
