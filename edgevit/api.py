@@ -27,6 +27,7 @@ from .report.device import merge_device_results
 from .report.report import write_report
 from .run.artifacts import bench_artifacts, validate_artifacts
 from .run.export import ExportOptions, run_export
+from .run.optimize import OptimizeOptions, run_optimize
 from .run.quickstart import Plan, quickstart_recipe
 from .run.recipe import Recipe, load_recipe, run_recipe, train_config
 from .run.training import run_pruned, run_training
@@ -39,7 +40,8 @@ from .train.engine import TrainConfig
 
 __all__ = ["ModelSpec", "ExportOptions", "TrainConfig", "Recipe", "EngineOptions", "export", "quantize", "prune",
            "train", "distill", "validate", "bench", "report", "run", "quickstart", "build_engine", "models",
-           "targets", "target_options", "load_recipe", "train_config", "INT8_TARGETS"]
+           "targets", "target_options", "load_recipe", "train_config", "INT8_TARGETS", "optimize",
+           "OptimizeOptions"]
 
 INT8_TARGETS = ["openvino-int8", "onnx-int8", "tensorrt-int8"]
 
@@ -82,6 +84,17 @@ def distill(spec: ModelSpec, cfg: TrainConfig, data: str, out: str | Path, split
     if cfg.distillation != "none" and not cfg.teacher:
         raise DistillationError("no teacher given", "pass --teacher NAME (and --teacher-checkpoint for local weights)")
     return train(spec, cfg, data, out, split, val_fraction, resume, exist_ok)
+
+
+def optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
+    """Search token reduction × int8 × short fine-tunes for the fastest artifact of each runtime in
+    ``opts.targets`` within ``opts.max_drop`` top-1 points of the dense float model (paired, on a
+    held-out split). Latency of every candidate first, accuracy fastest first, fine-tunes only where
+    they could beat the best so far; resumable (``opts.resume``) and bounded (``opts.time_budget_min``).
+    Writes the front, plot, candidates, ``winner-<runtime>.yaml`` and the exported winners into
+    ``opts.out`` and returns the summary; raises SearchError (after writing them) when a runtime has no
+    candidate within budget, naming the best found."""
+    return run_optimize(spec, opts)
 
 
 def validate(artifacts: Sequence[str | Path], data: str, split: str = "test", limit: int | None = None,

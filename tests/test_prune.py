@@ -142,9 +142,47 @@ def test_prune_command_fine_tunes_then_exports_with_int8(tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["model"]["prune"] == "evit:0.5@3,6,9" and run["model"]["checkpoint"].endswith("weights.safetensors")
     assert (tmp_path / "run" / "finetune" / "checkpoints" / "last.pt").is_file()
-    assert set(json.loads((tmp_path / "run" / "results" / "validate.json").read_text())) == {"onnx", "onnx-int8"}
+    val = json.loads((tmp_path / "run" / "results" / "validate.json").read_text())
+    assert set(val) == {"onnx", "onnx-int8"}
+    # the dense baseline is the original checkpoint, not the fine-tuned weights the artifacts were made from
+    assert run["dense_model"]["checkpoint"] == str(ckpt.resolve()) and run["dense_model"]["prune"] is None
+    assert all(r["dense_checkpoint"] == str(ckpt.resolve()) and r["dense_top1"] >= 0 for r in val.values())
+    text = " ".join(r.output.split())
+    assert "tokens: 64 -> 33 @3 -> 18 @6 -> 10 @9 patch tokens after blocks (evit:0.5@3,6,9)" in text
+    for name, row in val.items():
+        lo, hi = row["top1_drop_vs_dense_ci95_pts"]
+        assert (f"dense baseline: {name}: top-1 {row['top1']:.2f} % vs dense float {row['dense_top1']:.2f} %" in text
+                and f"drop {row['top1_drop_vs_dense_pts']:.2f} pts, 95 % interval {lo:.2f} to {hi:.2f}" in text)
+    assert "PyTorch eager: not benchmarked (--no-bench)" in text
     r = CliRunner().invoke(app, ["prune", "--model", "deit_tiny", "--checkpoint", str(ckpt), "--num-classes", "10",
                                  "--img-size", "32", "--patch-size", "4", "--method", "evit", "--locations", "3,14",
                                  "--out", str(tmp_path / "bad"), "--no-bench"])
     assert r.exit_code == 2 and "beyond the model's 12 blocks" in " ".join(r.output.split())
     assert not (tmp_path / "bad").exists()
+
+
+def test_prune_command_benches_the_dense_model_beside_the_pruned_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    ckpt = tmp_path / "w.pth"
+    torch.save(vit(depth=12).state_dict(), ckpt)
+    r = CliRunner().invoke(app, ["prune", "--model", "deit_tiny", "--checkpoint", str(ckpt), "--num-classes", "10",
+                                 "--img-size", "32", "--patch-size", "4", "--spec", "evit:0.5@1,2",
+                                 "--target", "onnx", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    eager = json.loads((tmp_path / "run" / "results" / "bench.json").read_text())["pytorch-eager"]
+    dense_ms = eager["dense_eager"]["p50_ms"]
+    assert f"PyTorch eager: dense {dense_ms:.2f} ms -> pruned {eager['p50_ms']:.2f} ms p50" in text
+    assert "dense baseline: no --data given" in text and "tokens: 64 -> 33 @1 -> 18 @2 patch tokens" in text
+
+
+def test_token_line_counts_only_what_the_tokens_say():
+    from edgevit.cli.export import token_line
+
+    line = token_line({"spec": "evit:0.5@1,2", "patch_tokens_in": 64, "tokens_per_block": [64, 33, 18, 18]})
+    # linear layers: sum(attention-in + 2 * MLP-in) / (3 * 64 * 4) = 445 / 768; attention: sum(N^2) / (4 * 64^2)
+    assert line == ("64 -> 33 @1 -> 18 @2 patch tokens after blocks (evit:0.5@1,2): the blocks' linear layers do "
+                    "~58 % and their attention matrices ~59 % of the dense model's FLOPs")

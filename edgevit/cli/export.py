@@ -43,7 +43,7 @@ def _export_command(default_targets: List[str], doc: str):
         calib_seed: Optional[int] = typer.Option(None, help="seed of the class-by-class calibration draw [default: 0]", rich_help_panel=INT8),
         calib_grey: Optional[bool] = typer.Option(None, "--calib-grey", help="accept a calibration set of mostly 1-channel images (models fed grey images as RGB)", rich_help_panel=INT8),
         calibrator: Optional[str] = typer.Option(None, help="minmax | percentile | entropy | distribution (default: the backend's measured best)", rich_help_panel=INT8),
-        form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic (default, fastest on CPU) | static (calibrated Q/DQ)", rich_help_panel=INT8),
+        form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic (default, no calibration; fast on VNNI/AMX CPUs) | static (calibrated Q/DQ, often faster on AVX2-only CPUs)", rich_help_panel=INT8),
         max_drop: Optional[float] = typer.Option(None, help="keep the most sensitive layers float until the top-1 drop on held-out calibration-source images is at most this many points", rich_help_panel=INT8),
         max_float: Optional[int] = typer.Option(None, help="at most this many layers kept float by --max-drop (default: half)", rich_help_panel=INT8),
         exclude: List[str] = typer.Option([], help="keep this layer float (ONNX node name, repeatable)", rich_help_panel=INT8),
@@ -138,7 +138,65 @@ def prune_cmd(
     tag = (spec_text or method).replace(":", "").replace("+", "-").replace("@", "-").replace(",", "")
     opts = api.ExportOptions(targets=split_targets(target), out=out_dir or fresh(Path("runs") / f"{model}-{tag}"),
                              data=data, split=split, exist_ok=exist_ok, bench=bench)
-    api.prune(spec, text, opts, finetune_epochs, finetune_lr)
+    print_prune_summary(api.prune(spec, text, opts, finetune_epochs, finetune_lr))
+
+
+def print_prune_summary(run_dir: Path) -> None:
+    """What pruning bought, after the report: the token schedule, top-1 and eager latency vs the dense model."""
+    import json
+
+    from ..progress import say
+
+    def load(name: str) -> dict:
+        path = run_dir / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    run, val, bench = load("run.json"), load("results/validate.json"), load("results/bench.json")
+    if run.get("prune", {}).get("tokens_per_block"):
+        say("[bold]tokens:[/] ", plain=token_line(run["prune"]))
+    for line in dense_top1_lines(val) or ["no --data given: pass --data to compare top-1 with the dense model"]:
+        say("[bold]dense baseline:[/] ", plain=line)
+    say("[bold]PyTorch eager:[/] ", plain=eager_line(bench.get("pytorch-eager"), run_dir))
+
+
+def token_line(facts: dict) -> str:
+    """``64 -> 33 @1 -> 18 @2 patch tokens (...)``: the patch tokens after each block where they change,
+    and the share of the dense blocks' work left, from token counts alone (prefix tokens left out)."""
+    n0, per = int(facts["patch_tokens_in"]), [int(n) for n in facts["tokens_per_block"]]
+    steps = [f"{n} @{i}" for i, n in enumerate(per) if n != ([n0] + per)[i]]
+    attn_in = [n0] + per[:-1]  # a block's attention sees the tokens entering it; its MLP, those it kept
+    linear = sum(a + 2 * m for a, m in zip(attn_in, per)) / (3 * n0 * len(per))  # qkv+proj 4d^2, MLP 8d^2
+    attention = sum(a * a for a in attn_in) / (n0 * n0 * len(per))  # QK^T and AV: N^2 d
+    return (f"{' -> '.join([str(n0), *steps])} patch tokens after blocks ({facts.get('spec', '?')}): the blocks' "
+            f"linear layers do ~{100 * linear:.0f} % and their attention matrices ~{100 * attention:.0f} % "
+            "of the dense model's FLOPs")
+
+
+def dense_top1_lines(val: dict) -> list[str]:
+    """One line per validated artifact: dense float top-1, the artifact's, the drop and its 95 % interval."""
+    lines = []
+    for name, r in val.items():
+        if "dense_top1" not in r:
+            continue
+        lo, hi = r["top1_drop_vs_dense_ci95_pts"]
+        lines.append(f"{name}: top-1 {r['top1']:.2f} % vs dense float {r['dense_top1']:.2f} % (pruned float "
+                     f"{r['float_top1']:.2f} %) on {r['images']} images: drop {r['top1_drop_vs_dense_pts']:.2f} pts, "
+                     f"95 % interval {lo:.2f} to {hi:.2f}")
+    return lines
+
+
+def eager_line(eager: dict | None, run_dir: Path) -> str:
+    if not eager:
+        return (f"not benchmarked (--no-bench): `edgevit bench {run_dir}/artifacts/*` times the dense and the "
+                "pruned model in PyTorch eager beside the artifacts")
+    dense = eager.get("dense_eager")
+    if not dense:
+        return f"pruned {eager['p50_ms']:.2f} ms p50 (dense model not timed: its weights were not recorded or could not be loaded)"
+    text = (f"dense {dense['p50_ms']:.2f} ms -> pruned {eager['p50_ms']:.2f} ms p50 "
+            f"({dense['p50_ms'] / eager['p50_ms']:.2f}x), batch {eager.get('batch', '?')}, "
+            f"{eager.get('threads', '?')} thread(s)")
+    noisy = [r["noise"]["why"] for r in (dense, eager) if r.get("noise", {}).get("noisy")]
+    return text + (f"; noisy: {noisy[0]}" if noisy else "")
 
 
 def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorrt-int8 artifact directory"),

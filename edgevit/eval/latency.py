@@ -1,16 +1,24 @@
-"""Latency: warm-up, then timed runs; percentiles, throughput, peak memory, model size.
+"""Latency: warm-up, then timed runs; percentiles, throughput, peak memory, model size, noise.
 
 Peak memory is the resident-set high-water mark added by loading and running the model
 (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss``,
-which cannot be reset and so over-reports).
+which cannot be reset and so over-reports). PyTorch eager's model is already resident when its
+timing starts, so its figure adds the bytes of its parameters and buffers: the same kind of figure
+as an artifact's (weights loaded + memory running takes). ``peak_mem_note`` says which one a row has.
+
+Several subjects can be timed in interleaved rounds (:func:`bench_rounds`): a machine that slows
+down for a while then slows every subject alike instead of one, and the spread of the rounds'
+medians (:func:`noise_facts`) tells the reader how far one figure can be trusted.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import time
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,13 +89,94 @@ def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
+NOISY_P90_OVER_P50 = 1.5  # slower runs this much above the median: the machine was busy
+NOISY_SPREAD_PCT = 25.0  # rounds' medians this far apart: the machine's speed changed while timing
+PEAK_NOTE_LOAD = "resident memory added by loading and running it"
+PEAK_NOTE_EAGER = ("its parameters and buffers (resident before timing) plus the resident memory running "
+                   "added: comparable with the artifacts' load-and-run figure")
+_ADVICE = "re-run on a quiet machine before trusting this figure"
+
+
+def summarize_rounds(times_per_round: Sequence[np.ndarray], batch: int) -> dict[str, Any]:
+    """:func:`summarize` of every run, with p50/p90/p99 the median over rounds of each round's figure."""
+    row: dict[str, Any] = summarize(np.concatenate(list(times_per_round)), batch)
+    per_round = np.array([np.percentile(t, [50, 90, 99]) for t in times_per_round])
+    p50, p90, p99 = np.median(per_round, axis=0)
+    row.update(p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), rounds=len(times_per_round))
+    return row
+
+
+def noise_facts(times_per_round: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How far a latency figure can be trusted, from its timed runs (ms), one array per round.
+
+    ``p90_over_p50`` (median over rounds of each), ``rounds_p50_ms``, ``round_spread_pct``
+    (100 * (max - min) / median of the rounds' p50s; None with one round), ``noisy`` and ``why``
+    (in words, None when not noisy)."""
+    per_round = np.array([np.percentile(t, [50, 90]) for t in times_per_round])
+    p50s = [float(v) for v in per_round[:, 0]]
+    p50, p90 = np.median(per_round, axis=0)
+    ratio = float(p90 / p50) if p50 > 0 else float("inf")
+    spread = (float(100.0 * (max(p50s) - min(p50s)) / np.median(p50s)) if len(p50s) > 1 and np.median(p50s) > 0
+              else None)
+    reasons = []
+    if ratio > NOISY_P90_OVER_P50:
+        reasons.append(f"p90 is {ratio:.1f}x p50: the machine was busy while timing (other processes, CPU frequency)")
+    if spread is not None and spread > NOISY_SPREAD_PCT:
+        reasons.append(f"the median moved {spread:.0f} % between rounds ({min(p50s):.3g} to {max(p50s):.3g} ms): "
+                       "the machine's speed changed while timing (other processes, CPU frequency, heat)")
+    return {"p90_over_p50": ratio, "rounds_p50_ms": p50s, "round_spread_pct": spread, "noisy": bool(reasons),
+            "why": "; and ".join(reasons) + f"; {_ADVICE}" if reasons else None}
+
+
+@dataclass
+class Subject:
+    """One thing to time: ``make()`` loads it (counted in peak memory) and returns its predict function.
+    ``resident_mb``: memory it already holds before ``make()`` (PyTorch eager: its weights).
+    ``torch_threads``: torch's thread count while it runs (None: leave it)."""
+
+    label: str
+    make: Callable[[], Callable[[np.ndarray], Any]]
+    resident_mb: float = 0.0
+    peak_mem_note: str = PEAK_NOTE_LOAD
+    torch_threads: int | None = None
+
+
+def bench_rounds(subjects: Sequence[Subject], x: np.ndarray, warmup: int, iters: int, rounds: int = 1,
+                 min_seconds: float = 0.0) -> list[dict[str, Any]]:
+    """Time ``subjects`` in interleaved rounds (round 1: s1, s2...; round 2: s1, s2...), each round
+    ``warmup`` untimed then ``iters`` timed runs (and ``min_seconds``). Each subject loads once, in
+    round 1, under peak memory; with one round it is released before the next one loads."""
+    fns: list[Callable[[np.ndarray], Any] | None] = [None] * len(subjects)
+    times: list[list[np.ndarray]] = [[] for _ in subjects]
+    peaks: list[float] = []
+    for k in range(rounds):
+        for i, s in enumerate(subjects):
+            label = s.label if rounds == 1 else f"{s.label} (round {k + 1}/{rounds})"
+            with torch_threads(s.torch_threads):
+                if k == 0:
+                    fn, t, peak = _load_and_time(s, x, warmup, iters, min_seconds, label)
+                    fns[i] = fn if rounds > 1 else None
+                    peaks.append(peak)
+                    del fn
+                else:
+                    t = time_fn(functools.partial(fns[i], x), warmup, iters, min_seconds, label)
+            times[i].append(t)
+    return [{**summarize_rounds(t, x.shape[0]), "peak_mem_mb": peak + s.resident_mb,
+             "peak_mem_note": s.peak_mem_note, "noise": noise_facts(t)}
+            for s, t, peak in zip(subjects, times, peaks)]
+
+
+def _load_and_time(s: Subject, x: np.ndarray, warmup: int, iters: int, min_seconds: float, label: str):
+    with peak_memory() as mem:
+        fn = s.make()
+        t = time_fn(functools.partial(fn, x), warmup, iters, min_seconds, label)
+    return fn, t, mem["peak_mb"]
+
+
 def bench_callable(make: Callable[[], Callable[[np.ndarray], Any]], x: np.ndarray, warmup: int, iters: int,
                    label: str, min_seconds: float = 0.0) -> dict[str, Any]:
     """``make()`` loads the model (counted in peak memory) and returns the predict function."""
-    with peak_memory() as mem:
-        fn = make()
-        times = time_fn(lambda: fn(x), warmup, iters, min_seconds, label)
-    return {**summarize(times, x.shape[0]), "peak_mem_mb": mem["peak_mb"]}
+    return bench_rounds([Subject(label, make)], x, warmup, iters, 1, min_seconds)[0]
 
 
 @contextlib.contextmanager
@@ -101,9 +190,9 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def bench_eager(model: torch.nn.Module, x: np.ndarray, threads: int | None, warmup: int, iters: int,
-                min_seconds: float = 0.0) -> dict[str, Any]:
-    """PyTorch eager in inference mode: the reference row of every table."""
+def eager_subject(model: torch.nn.Module, x: np.ndarray, threads: int | None,
+                  label: str = "pytorch eager") -> Subject:
+    """PyTorch eager in inference mode as a :class:`Subject` (its weights counted in its peak memory)."""
     xt = torch.from_numpy(x)
 
     def make():
@@ -112,14 +201,29 @@ def bench_eager(model: torch.nn.Module, x: np.ndarray, threads: int | None, warm
                 return model(xt)
         return run
 
-    with torch_threads(threads):
-        row = bench_callable(make, x, warmup, iters, "pytorch eager", min_seconds)
-    return {"name": "pytorch-eager", "backend": "pytorch", "precision": "fp32", "runtime_precision": "fp32",
-            "runtime": f"torch {torch.__version__}", "size_mb": param_mb(model), **row}
+    return Subject(label, make, resident_mb=model_mb(model), peak_mem_note=PEAK_NOTE_EAGER, torch_threads=threads)
+
+
+def eager_info(model: torch.nn.Module, name: str = "pytorch-eager") -> dict[str, Any]:
+    """The descriptive fields of a PyTorch eager row."""
+    return {"name": name, "backend": "pytorch", "precision": "fp32", "runtime_precision": "fp32",
+            "runtime": f"torch {torch.__version__}", "size_mb": param_mb(model)}
+
+
+def bench_eager(model: torch.nn.Module, x: np.ndarray, threads: int | None, warmup: int, iters: int,
+                min_seconds: float = 0.0, rounds: int = 1) -> dict[str, Any]:
+    """PyTorch eager in inference mode: the reference row of every table."""
+    row = bench_rounds([eager_subject(model, x, threads)], x, warmup, iters, rounds, min_seconds)[0]
+    return {**eager_info(model), **row}
 
 
 def param_mb(model: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
+def model_mb(model: torch.nn.Module) -> float:
+    """Parameters and buffers, MiB: the memory a loaded PyTorch model holds."""
+    return param_mb(model) + sum(b.numel() * b.element_size() for b in model.buffers()) / 2**20
 
 
 def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: int, min_seconds: float = 0.0,
@@ -156,7 +260,9 @@ def bench_torch_gpu(model: torch.nn.Module, x: np.ndarray, warmup: int, iters: i
                      "runtime_precision": tag.split("-")[0], "device": dev.type,
                      "runtime": f"torch {torch.__version__}{' + torch.compile' if compiled else ''} on "
                                 f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev.type}",
-                     "size_mb": param_mb(m), **row})
+                     "size_mb": param_mb(m), **row,
+                     "peak_mem_note": "host resident memory running added (the model's memory on the device "
+                                      "is not counted)"})
     eager16 = next((r for r in rows if r["name"].endswith("-fp16") and "p50_ms" in r), None)
     for r in rows:
         if r["name"].endswith("-compile") and "p50_ms" in r and eager16:

@@ -78,12 +78,26 @@ def paired_drop_ci(only_ref: int, only_art: int, n: int, z: float = 1.959964) ->
     return [round(100 * (d - z * se), 3), round(100 * (d + z * se), 3)]
 
 
+def vs_dense(art: np.ndarray, dense: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """A pruned artifact against the dense model (no transforms, dense weights) on the same images."""
+    art_ok, dense_ok = art.argmax(1) == labels, dense.argmax(1) == labels
+    only_dense, only_art = int((dense_ok & ~art_ok).sum()), int((art_ok & ~dense_ok).sum())
+    dense_top1, top1 = float(100.0 * dense_ok.mean()), float(100.0 * art_ok.mean())
+    return {"dense_top1": dense_top1, "top1_drop_vs_dense_pts": dense_top1 - top1,
+            "top1_drop_vs_dense_ci95_pts": paired_drop_ci(only_dense, only_art, len(labels)),
+            "only_dense_correct": only_dense, "only_artifact_correct_vs_dense": only_art}
+
+
 def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module, data_cfg: dict,
                      source: str, split: str = "test", batch_size: int = 64, limit: int | None = None,
-                     val_fraction: float = 0.2, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Validate several artifacts in one pass over the data (each image decoded once)."""
+                     val_fraction: float = 0.2, seed: int = 0,
+                     dense_model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """Validate several artifacts in one pass over the data (each image decoded once). With
+    ``dense_model`` (the model a pruned one came from), each row also has :func:`vs_dense`'s fields."""
     ds = load_split(source, split, eval_transform(data_cfg), val_fraction=val_fraction, seed=seed, limit=limit)
     preds = {"__float__": torch_predict(float_model), **runners}
+    if dense_model is not None:
+        preds["__dense__"] = torch_predict(dense_model)
     res = compare(preds, make_loader(ds, batch_size), total=len(ds), label=f"validating {len(runners)} artifact(s)")
     ref = res["__float__"]["logits"]
     labels = res["__float__"]["labels"]
@@ -91,4 +105,6 @@ def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module,
     out = {}
     for name in runners:
         out[name] = {"data": data, **fidelity(res[name]["logits"], ref, labels)}
+        if dense_model is not None:
+            out[name].update(vs_dense(res[name]["logits"], res["__dense__"]["logits"], labels))
     return out

@@ -106,5 +106,6 @@ def check_form(form: str) -> str:
     """The onnx-int8 ``form`` option -> the ORT form it builds."""
     forms = {"dynamic": "ort-dynamic", "static": "ort-static"}
     if form not in forms:
-        raise QuantizationError(f"unknown onnx-int8 form {form!r}", "use --form dynamic (fastest on CPU) or static")
+        raise QuantizationError(f"unknown onnx-int8 form {form!r}",
+                                "use --form dynamic (no calibration) or static (calibrated Q/DQ)")
     return forms[form]

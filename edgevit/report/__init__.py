@@ -1,2 +1,2 @@
-"""Run reports (JSON, Markdown, HTML with the accuracy-vs-latency plot), the sections targets
-declare, and results measured on a device."""
+"""Run reports (JSON, Markdown, HTML with the accuracy-vs-latency plot of plot.py), the sections targets
+declare and the warnings beside the table (sections.py), and results measured on a device."""

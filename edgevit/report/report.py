@@ -10,17 +10,41 @@ from typing import Any
 
 from ..manifest import read_run, write_bytes, write_json
 from .device import device_rows, is_device_row
+from .plot import DEVICE_COLOR, EAGER, number_points, plot
+from .sections import (
+    chance_warning,
+    cpu_line,
+    drop_cell,
+    drop_text,
+    local_rows,
+    noise_warning,
+    noisy_rows,
+    only_cell,
+    precision_note,
+    sections_html,
+    sections_markdown,
+    target_sections,
+    warnings,
+)
 from .sections import load_json as _load
-from .sections import sections_html, sections_markdown, target_sections
 
-DEVICE_COLOR = "#76b900"  # rows measured on an edge device (results/device.json)
-COLUMNS = [  # (key, header, format)
+__all__ = ["DEVICE_COLOR", "collect", "headline", "mark_pareto", "plot", "print_summary", "write_report"]
+
+COLUMNS = [  # (key, header, format) of the plain cells; drops, precision and "#" have their own
     ("name", "artifact", "{}"), ("runtime_precision", "precision", "{}"), ("size_mb", "size MB", "{:.1f}"),
-    ("top1", "top-1 %", "{:.2f}"), ("top1_drop_pts", "drop pts", "{:+.2f}"), ("agreement_pct", "agree %", "{:.2f}"),
+    ("top1", "top-1 %", "{:.2f}"), ("top1_drop_pts", "drop pts vs float [95% CI]", "{:+.2f}"),
+    ("only_float_correct", "only float / only artifact right", "{}"), ("agreement_pct", "agree %", "{:.2f}"),
     ("p50_ms", "p50 ms", "{:.2f}"), ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
     ("throughput_ips", "img/s", "{:.1f}"), ("speedup_vs_eager", "× eager", "{:.2f}"),
     ("peak_mem_mb", "peak MB", "{:.0f}"),
 ]
+DENSE_COLUMNS = [("top1_drop_vs_dense_pts", "drop pts vs dense [95% CI]"),
+                 ("only_dense_correct", "only dense / only artifact right")]
+DROP_NOTE = ("Drops are in top-1 points with their paired 95 % interval, from the images only one of the two "
+             "models gets right (counted beside them). \"vs float\": the artifact against the float model it was "
+             "exported from (export fidelity).")
+DENSE_NOTE = (" \"vs dense\" (pruned artifacts): against the dense, unpruned model on the same images (what "
+              "pruning cost).")
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
@@ -38,11 +62,14 @@ def collect(run_dir: Path) -> dict[str, Any]:
                                      agreement_pct=100.0)
     ordered = sorted(rows.values(), key=lambda r: (r["name"] != "pytorch-eager", r.get("p50_ms", 1e9)))
     mark_pareto(ordered)  # this machine's rows only: a device's latency is not comparable with them
+    number_points(ordered)  # the plot's point numbers: the table's "#" column
     devices = device_rows(run_dir)
     history = [json.loads(line) for line in (run_dir / "model" / "history.jsonl").read_text().splitlines()
                if line.strip()] if (run_dir / "model" / "history.jsonl").exists() else []
-    return {"run": run, "rows": ordered + devices, "training": history, "sections": target_sections(run_dir),
-            "device": [device_facts(r) for r in devices]}
+    all_rows = ordered + devices
+    return {"run": run, "rows": all_rows, "training": history, "sections": target_sections(run_dir),
+            "device": [device_facts(r) for r in devices], "cpu": cpu_line(all_rows),
+            "warnings": warnings(all_rows), "notes": [n for n in map(precision_note, all_rows) if n]}
 
 
 def _prune_line(run: dict[str, Any]) -> list[str]:
@@ -123,66 +150,6 @@ def mark_pareto(rows: list[dict[str, Any]]) -> None:
             and (o["p50_ms"] < r["p50_ms"] or (o.get(acc, 0) if acc else 0) > ra) for o in pts)
 
 
-def plot(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [r for r in rows if "p50_ms" in r and not is_device_row(r)]  # scatter: this machine's rows
-    bars = [r for r in rows if "p50_ms" in r]  # bars: device rows too, hatched
-    if not pts:
-        return None
-    has_acc = all("top1" in r for r in pts)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    colors = {"pytorch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#6a3d9a"}
-    ys = [r["top1"] if has_acc else r.get("size_mb", 0) for r in pts]
-    span = max(ys) - min(ys)
-    xspan = max(r["p50_ms"] for r in pts) - min(r["p50_ms"] for r in pts) or 1.0
-    placed: list[tuple[float, float]] = []
-    for r, y in sorted(zip(pts, ys), key=lambda t: t[0]["p50_ms"]):
-        ax.scatter(r["p50_ms"], y, s=90 if r.get("pareto") else 45, zorder=3,
-                   color=colors.get(r.get("backend"), "#d62728"), edgecolor="black" if r.get("pareto") else "none")
-        # stack labels of points that sit close together instead of printing them over each other
-        near = sum(1 for px, py in placed
-                   if abs(py - y) <= max(span, 1.0) * 0.04 and abs(px - r["p50_ms"]) <= 0.25 * xspan)
-        placed.append((r["p50_ms"], y))
-        ax.annotate(f"{r['name']} ({r.get('runtime_precision') or r.get('precision')})", (r["p50_ms"], y),
-                    textcoords="offset points", xytext=(6, 5 - 11 * near), fontsize=8)
-    if has_acc:
-        lo, hi = min(ys), max(ys)
-        pad = max(0.0, 2.0 - (hi - lo)) / 2  # at least 2 points of top-1 on the axis: no magnified noise
-        ax.set_ylim(lo - pad - 0.6, hi + pad + 0.4)
-        ref = next((r["top1"] for r in pts if r["name"] == "pytorch-eager"), None)
-        if ref is not None:
-            ax.axhline(ref, color="#7f7f7f", ls="--", lw=0.8, label="float PyTorch")
-    front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["p50_ms"])
-    if has_acc and front:
-        ax.step([r["p50_ms"] for r in front], [r["top1"] for r in front], where="post", color="#2ca02c",
-                lw=1.5, label="Pareto front", zorder=2)
-    for backend, c in colors.items():
-        if any(r.get("backend") == backend for r in pts):
-            ax.scatter([], [], color=c, label=backend)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("p50 latency, ms (lower is better)")
-    ax.set_ylabel("top-1 % (higher is better)" if has_acc else "size MB")
-    ax.set_title("accuracy vs latency" if has_acc else "size vs latency (no --data: no accuracy)")
-    ax.grid(alpha=0.3)
-    err = [[0] * len(bars), [(r.get("p90_ms") or r["p50_ms"]) - r["p50_ms"] for r in bars]]
-    drawn = bx.barh([r["name"] for r in bars], [r["p50_ms"] for r in bars], xerr=err, capsize=3,
-                    color=[DEVICE_COLOR if is_device_row(r) else colors.get(r.get("backend"), "#d62728") for r in bars])
-    for patch, r in zip(drawn.patches, bars):
-        patch.set_hatch("//" if is_device_row(r) else None)
-    bx.invert_yaxis()
-    bx.set_xlabel("latency ms (bar p50, whisker p90" + ("; hatched: on the device)" if len(bars) > len(pts) else ")"))
-    bx.grid(axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _fmt(r: dict[str, Any], key: str, fmt: str) -> str:
     v = r.get(key)
     if v is None:
@@ -190,88 +157,156 @@ def _fmt(r: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v) if not isinstance(v, str) else v
 
 
+def _has_dense(rows: list[dict[str, Any]]) -> bool:
+    return any("top1_drop_vs_dense_pts" in r for r in rows)
+
+
+def _cell(r: dict[str, Any], key: str, fmt: str) -> str:
+    if key == "name":
+        return r["name"] + (" (noisy)" if (r.get("noise") or {}).get("noisy") else "")
+    if key == "runtime_precision":
+        run, saved = r.get("runtime_precision"), r.get("precision")
+        differs = run and saved and not str(run).startswith(str(saved))  # "int8/fp32" of an int8 artifact: same
+        return f"{run} (saved {saved})" if differs else str(run or saved or "—")
+    if key in ("top1_drop_pts", "top1_drop_vs_dense_pts"):
+        return drop_cell(r, "dense" if "dense" in key else "")
+    if key in ("only_float_correct", "only_dense_correct"):
+        return only_cell(r, "dense" if "dense" in key else "")
+    return _fmt(r, key, fmt)
+
+
+def _number(r: dict[str, Any]) -> str:
+    """The row's point number in the plot; "ref" for PyTorch eager (its reference lines); "—" for no point."""
+    return str(r["plot_no"]) if r.get("plot_no") else "ref" if r["name"] == EAGER and "p50_ms" in r else "—"
+
+
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The main table: headers and cells, "#" (the plot's point number) first."""
+    cols = list(COLUMNS)
+    if _has_dense(rows):
+        at = next(i for i, c in enumerate(cols) if c[0] == "agreement_pct")
+        cols[at:at] = [(k, h, "") for k, h in DENSE_COLUMNS]
+    body = [[_number(r)] + [_cell(r, k, f) for k, _, f in cols] + ["★" if r.get("pareto") else ""] for r in rows]
+    return ["#"] + [h for _, h, _ in cols] + ["Pareto"], body
+
+
+def _notes(data: dict[str, Any]) -> list[str]:
+    return data.get("notes", []) + [DROP_NOTE + (DENSE_NOTE if _has_dense(data["rows"]) else "")]
+
+
 def markdown(data: dict[str, Any]) -> str:
     run = data["run"]
+    head, body = table(data["rows"])
+    # "#" is the last column here: a row's first cells stay its name and precision
+    head, body = head[1:] + head[:1], [cells[1:] + cells[:1] for cells in body]
     lines = [f"# edgevit report: {run['model']['name']}", "",
              f"- command: `{run.get('command', '')}`", f"- created: {run.get('created')}",
              f"- data: {run.get('data') or '(none: no accuracy)'} ({run.get('split')})",
-             f"- input: {run['data_config']['input_size']}", *_prune_line(run), "",
-             "| " + " | ".join(h for _, h, _ in COLUMNS) + " | Pareto |",
-             "|" + "---|" * (len(COLUMNS) + 1)]
-    for r in data["rows"]:
-        lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + f" | {'★' if r.get('pareto') else ''} |")
+             f"- input: {run['data_config']['input_size']}", *_prune_line(run),
+             f"- {data.get('cpu') or cpu_line(data['rows'])}", ""]
+    lines += [line for w in data.get("warnings", []) for line in (f"> **{w}**", "")]
+    lines += [headline(data["rows"]), "", "![accuracy vs latency; points numbered as the # column](plot.png)", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += [""] + [f"- {n}" for n in _notes(data)]
     lines += sections_markdown(data.get("sections", {}))
     lines += device_markdown(data.get("device", []))
     return "\n".join(lines) + "\n"
 
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-h1{font-size:1.5em} img{max-width:100%;border:1px solid #ddd;border-radius:6px}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em}
-td,th{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right}
-td:first-child,th:first-child{text-align:left} th{background:#f6f6f6}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.5em} img{max-width:100%;height:auto;border:1px solid #ddd;border-radius:6px}
+.scroll{overflow-x:auto;max-width:100%} table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+td,th{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left} th{background:#f6f6f6}
 tr.pareto td{background:#eefbea;font-weight:600}
+.warn{background:#fff4e5;border-left:4px solid #e67e00;padding:.6em 1em;margin:1em 0;font-weight:600}
 .note{color:#666;font-size:.9em} .headline{font-size:1.1em} h2{font-size:1.2em}"""
 
 
-def html_page(data: dict[str, Any], png: Path | None) -> str:
-    run = data["run"]
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in COLUMNS)
-    body = "".join(
-        f"<tr class='{'pareto' if r.get('pareto') else ''}'>"
-        + "".join(f"<td>{html.escape(_fmt(r, k, f))}</td>" for k, _, f in COLUMNS) + "</tr>" for r in data["rows"])
-    img = ""
-    if png is not None:
-        b64 = base64.b64encode(png.read_bytes()).decode()
-        img = f"<img alt='accuracy vs latency' src='data:image/png;base64,{b64}'>"
-    train = ""
-    if data["training"]:
-        last = data["training"][-1]
-        curve = training_svg(data["training"])
-        train = (f"<h2>Training</h2><p>Trained here for {last.get('epoch', 0) + 1} epoch(s): final val top-1 "
-                 f"{last.get('val_top1', float('nan')):.2f} %, train loss {last.get('train_loss', float('nan')):.3f}."
-                 f"</p>{curve}")
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
+def _scrolling(page: str) -> str:
+    """Every table in a horizontally scrolling box: a narrow window scrolls it instead of cutting it off."""
+    return page.replace("<table>", "<div class='scroll'><table>").replace("</table>", "</table></div>")
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    head, body = table(rows)
+    cells = "".join(f"<tr class='{'pareto' if r.get('pareto') else ''}'>"
+                    + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for r, row in zip(rows, body))
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
+def _training_html(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return ""
+    last = history[-1]
+    return (f"<h2>Training</h2><p>Trained here for {last.get('epoch', 0) + 1} epoch(s): final val top-1 "
+            f"{last.get('val_top1', float('nan')):.2f} %, train loss {last.get('train_loss', float('nan')):.3f}."
+            f"</p>{training_svg(history)}")
+
+
+def _facts_html(run: dict[str, Any], cpu: str) -> str:
+    return "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
         ("model", f"{run['model']['name']} ({run.get('params', 0) / 1e6:.2f} M params)"),
         *([("token pruning", _prune_line(run)[0][len("- token pruning: "):])] if run.get("prune") else []),
         ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
-        ("command", run.get("command")), ("created", run.get("created")),
+        ("CPU", cpu.split(": ", 1)[-1]), ("command", run.get("command")), ("created", run.get("created")),
         ("versions", ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))])
-    first = data["rows"][0] if data["rows"] else {}
+
+
+def html_page(data: dict[str, Any], png: Path | None) -> str:
+    run, rows = data["run"], data["rows"]
+    img = ""
+    if png is not None:
+        b64 = base64.b64encode(png.read_bytes()).decode()
+        img = (f"<img alt='accuracy vs latency, points numbered as the table&#39;s # column' "
+               f"src='data:image/png;base64,{b64}'>")
+    warns = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in data.get("warnings", []))
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in _notes(data))
+    cpu = data.get("cpu") or cpu_line(rows)
+    first = rows[0] if rows else {}
     sections = sections_html(data.get("sections", {})) + device_html(data.get("device", []))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit report</title><style>{STYLE}</style>
+    return _scrolling(f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>edgevit report</title><style>{STYLE}</style>
 </head><body>
 <h1>edgevit report: {html.escape(run['model']['name'])}</h1>
-<p class="headline">{html.escape(headline(data['rows']))}</p>
+<p class="note">{html.escape(cpu)}</p>
+{warns}<p class="headline">{html.escape(headline(rows))}</p>
 {img}
-<table><tr>{head}</tr>{body}</table>
-<p class="note">Green rows are on the Pareto front (no other artifact is both faster and at least as accurate).
-Drop and agreement compare each artifact with the float PyTorch model on the same images; latency is batch
+{_html_table(rows)}
+{notes}<p class="note">Green rows are on the Pareto front (no other artifact is both faster and at least as accurate).
+# numbers the plot's points; PyTorch eager ("ref") is its dotted and dashed reference lines. Latency is batch
 {first.get('batch', '?')}, {first.get('threads', '?')} thread(s), after warm-up. Peak MB is the resident
 memory that loading and running an artifact added (for PyTorch eager, whose model was already loaded, running
 only).</p>
-{sections}{train}<ul class="note">{facts}</ul></body></html>"""
+{sections}{_training_html(data["training"])}<ul class="note">{_facts_html(run, cpu)}</ul></body></html>""")
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
-    """One sentence a reader takes away: the fastest artifact, and the fastest that loses nothing."""
-    arts = [r for r in rows if r["name"] != "pytorch-eager" and "p50_ms" in r and not is_device_row(r)]
+    """One sentence a reader takes away: the fastest artifact, and the fastest that loses nothing; a warning
+    instead when the latency was noisy (no speedup is claimed then)."""
+    arts = [r for r in local_rows(rows) if r["name"] != EAGER]
     if not arts:
         return "No benchmark rows yet: run `edgevit bench` on the artifacts."
+    if noisy_rows(rows):
+        return str(noise_warning(rows))
     fast = min(arts, key=lambda r: r["p50_ms"])
     text = f"Fastest: {fast['name']} ({fast.get('runtime_precision')}) at {fast['p50_ms']:.2f} ms p50"
+    text += f" / {fast['p90_ms']:.2f} ms p90" if fast.get("p90_ms") else ""
     if "speedup_vs_eager" in fast:
         text += f", {fast['speedup_vs_eager']:.2f}× PyTorch eager"
-    if "top1_drop_pts" in fast:
-        drop = fast["top1_drop_pts"]
-        text += (f", {abs(drop):.2f} pts top-1 {'below' if drop > 0 else 'above'} the float model" if drop
-                 else ", same top-1 as the float model")
-        exact = [r for r in arts if r.get("agreement_pct") == 100.0]
-        if exact and min(exact, key=lambda r: r["p50_ms"]) is not fast:
-            best = min(exact, key=lambda r: r["p50_ms"])
-            text += (f". Fastest with every prediction equal to the float model's: {best['name']} "
-                     f"at {best['p50_ms']:.2f} ms ({best.get('speedup_vs_eager', 0):.2f}×)")
+    if "top1_drop_vs_dense_pts" in fast:
+        text += f", {drop_text(fast, 'dense')}; export fidelity: {drop_text(fast)}"
+    elif "top1_drop_pts" in fast:
+        text += f", {drop_text(fast)}"
+    exact = [r for r in arts if r.get("agreement_pct") == 100.0]
+    if exact and min(exact, key=lambda r: r["p50_ms"]) is not fast:
+        best = min(exact, key=lambda r: r["p50_ms"])
+        text += (f". Fastest with every prediction equal to the float model's: {best['name']} "
+                 f"at {best['p50_ms']:.2f} ms ({best.get('speedup_vs_eager', 0):.2f}×)")
+    if chance_warning(rows):
+        text += " (but the float model is at chance level: these figures say nothing about accuracy)"
     return text + "."
 
 
@@ -295,13 +330,14 @@ def summary_table(rows: list[dict[str, Any]]):
     """The report's table for the terminal (rich)."""
     from rich.table import Table
 
-    keys = [c for c in COLUMNS if c[0] in ("name", "runtime_precision", "top1", "top1_drop_pts",
-                                           "agreement_pct", "p50_ms", "speedup_vs_eager")]
+    head, body = table(rows)
+    keep = [i for i, h in enumerate(head) if h in ("#", "artifact", "precision", "top-1 %", COLUMNS[4][1],
+                                                  DENSE_COLUMNS[0][1], "p50 ms", "p90 ms", "× eager")]
     t = Table(title="edgevit run", min_width=60)
-    for i, (_, h, _) in enumerate(keys):
-        t.add_column(h, no_wrap=True, justify="left" if i < 2 else "right")
-    for r in rows:
-        t.add_row(*[_fmt(r, k, f) for k, _, f in keys], style="bold green" if r.get("pareto") else None)
+    for n, i in enumerate(keep):
+        t.add_column(head[i], no_wrap=True, justify="left" if 0 < n < 3 else "right")
+    for r, cells in zip(rows, body):
+        t.add_row(*[cells[i] for i in keep], style="bold green" if r.get("pareto") else None)
     return t
 
 
@@ -323,4 +359,6 @@ def print_summary(run_dir: Path) -> None:
     data = collect(run_dir)
     if data["rows"]:
         console.print(summary_table(data["rows"]))
+        for w in data["warnings"]:
+            console.print(w, style="bold yellow", highlight=False)
         console.print(headline(data["rows"]), highlight=False)

@@ -1,6 +1,7 @@
 """Artifacts after export: load one, validate several against their float model, bench them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ import torch
 
 from .. import transforms
 from ..data import check_classes
-from ..errors import ArtifactError, EdgeVitError, ExportError, describe
-from ..eval.latency import bench_callable, bench_eager, bench_torch_gpu, default_threads
+from ..errors import ArtifactError, EdgeVitError, ExportError, OptionError, describe
+from ..eval.latency import Subject, bench_rounds, bench_torch_gpu, default_threads, eager_info, eager_subject
+from ..eval.machine import cpu_facts
 from ..eval.validate import validate_runners
-from ..manifest import write_json
+from ..manifest import RUN_MANIFEST, write_json
 from ..models import ModelSpec
+from ..progress import say
 from ..targets import Target, get_target, read_manifest
 
 
@@ -40,71 +43,157 @@ def open_runner(target: Target, art_dir: Path, threads: int | None = None):
 
 def float_model_for(mf: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the float PyTorch model an artifact was exported from (weights checked by hash)."""
-    spec = ModelSpec.from_dict(mf["model"])
+    return _checked_model(ModelSpec.from_dict(mf["model"]))
+
+
+def _checked_model(spec: ModelSpec) -> torch.nn.Module:
     want = spec.checkpoint_sha256
     model, built, _ = transforms.build_model(spec)
     if want and built.checkpoint_sha256 != want:
         raise ExportError(f"checkpoint {spec.checkpoint} changed since the export (sha256 differs)",
                           "restore the checkpoint the artifact was made from, or re-export")
-    return model
+    return model.eval()
+
+
+def dense_spec_for(mf: dict[str, Any], art_dir: Path) -> ModelSpec | None:
+    """The dense model a pruned artifact is compared with (None for an unpruned artifact, or a fine-tuned
+    one whose dense weights were not recorded): the spec without ``prune`` and with the dense checkpoint.
+
+    ``edgevit prune`` records it as ``dense_model`` in run.json (and, after a fine-tune, in
+    ``model/finetune.json`` beside the fine-tuned weights); without a record (``edgevit export --prune``)
+    the artifact's own weights are the dense ones."""
+    spec = ModelSpec.from_dict(mf["model"])
+    if not spec.prune:
+        return None
+    run = _read_json(Path(art_dir).parent.parent / RUN_MANIFEST)
+    if run.get("dense_model") and run.get("model") == mf["model"]:
+        return ModelSpec.from_dict(run["dense_model"])
+    finetune = _read_json(Path(spec.checkpoint).parent / "finetune.json") if spec.checkpoint else {}
+    if finetune.get("dense_model"):
+        return ModelSpec.from_dict(finetune["dense_model"])
+    if finetune:
+        return None  # fine-tuned weights from an older run: the dense checkpoint is unknown
+    return dataclasses.replace(spec, prune=None)
+
+
+def dense_model_or_none(spec: ModelSpec) -> torch.nn.Module | None:
+    """The dense model, or None with a warning when its weights cannot be had (moved, changed, offline):
+    the pruned artifacts are still validated and benched, without the dense baseline."""
+    try:
+        return _checked_model(spec)
+    except EdgeVitError as e:
+        say("[yellow]warning:[/] ", plain=f"no dense baseline for the pruned model: {e.what} ({e.fix})")
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def validate_artifacts(paths: list[Path], data: str, split: str = "test", model: torch.nn.Module | None = None,
                        limit: int | None = None, val_fraction: float = 0.2, seed: int = 0,
-                       batch_size: int = 64, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+                       batch_size: int = 64, save_to: Path | None = None,
+                       dense: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """Accuracy of each artifact vs its float model on the same images. Pruned artifacts are also scored
+    against the dense model (``dense``, default :func:`dense_spec_for`) in the same pass: ``dense_top1``,
+    ``top1_drop_vs_dense_pts`` and its ``top1_drop_vs_dense_ci95_pts``, ``only_dense_correct``,
+    ``only_artifact_correct_vs_dense``."""
     loaded = [load_artifact(p) for p in paths]
     mf0 = _same_model([mf for _, _, mf, _ in loaded], paths)
     model = model if model is not None else float_model_for(mf0)
     check_classes(data, split, getattr(model, "num_classes", None))
+    dense_spec = None if dense is not None else dense_spec_for(mf0, loaded[0][3])
+    if dense_spec is not None:
+        dense = dense_model_or_none(dense_spec)
     runners = {mf["target"]: runner for _, runner, mf, _ in loaded}
-    res = validate_runners(runners, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed)
+    res = validate_runners(runners, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed,
+                           dense_model=dense)
     for _, runner, mf, art_dir in loaded:
         res[mf["target"]].update(precision=mf["precision"], runtime_precision=runner.info.get("precision"),
                                  artifact=str(art_dir))
+        if dense is not None:
+            res[mf["target"]]["dense_checkpoint"] = _weights_name(dense_spec)
     if save_to is not None:
         _merge_results(save_to / "results" / "validate.json", res)
     return res
 
 
+def _weights_name(spec: ModelSpec | None) -> str:
+    if spec is None:
+        return "the dense model given by the caller"
+    return spec.checkpoint or ("timm hub weights" if spec.pretrained else "random weights")
+
+
 def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
                     threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
-                    save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True) -> list[dict[str, Any]]:
+                    save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True,
+                    rounds: int = 1) -> list[dict[str, Any]]:
     """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads.
+
+    ``rounds`` > 1 times eager and the artifacts in interleaved rounds (each loaded once) and reports
+    the median over rounds of each round's percentiles; every row has ``noise`` (how far to trust it) and
+    ``cpu`` (the instruction sets). For pruned artifacts the eager row holds ``dense_eager``: the dense
+    model's eager row, timed in the same rounds.
 
     On a machine with a CUDA GPU (and ``gpu``), PyTorch on the GPU (fp32, fp16, fp16 + torch.compile)
     follows the reference; ONNX Runtime artifacts run on its CUDA provider where onnxruntime-gpu is
     installed, and TensorRT artifacts run their engines."""
+    if rounds < 1:
+        raise OptionError(f"--rounds must be at least 1, got {rounds}", "pass --rounds 1 or more (e.g. 3)")
     threads = threads or default_threads()
     mfs = [read_manifest(p) for p in paths]
     _same_model([mf for _, mf in mfs], paths)
     size = mfs[0][1]["data_config"]["input_size"]
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
-    rows = []
+    subjects, infos = [], []
     if reference:
         model = model if model is not None else float_model_for(mfs[0][1])
-        rows.append(bench_eager(model, x, threads, warmup, iters, min_seconds))
-        if gpu and torch.cuda.is_available():  # the GPU table: PyTorch fp32/fp16/compile beside the engines
-            rows += [r for r in bench_torch_gpu(model, x, warmup, iters, min_seconds) if "p50_ms" in r]
+        subjects.append(eager_subject(model, x, threads))
+        infos.append(eager_info(model))
+        dense_spec = dense_spec_for(mfs[0][1], mfs[0][0])
+        if dense_spec is not None and (dense := dense_model_or_none(dense_spec)) is not None:
+            subjects.append(eager_subject(dense, x, threads, "pytorch eager (dense)"))
+            infos.append(eager_info(dense, "pytorch-eager-dense"))
     for art_dir, mf in mfs:
-        target = get_target(mf["target"])
-        info: dict[str, Any] = {}
-
-        def make(target=target, art_dir=art_dir, info=info):
-            runner = open_runner(target, art_dir, threads)
-            info.update(runner.info)
-            return runner
-
-        row = bench_callable(make, x, warmup, iters, target.name, min_seconds)
-        rows.append({"name": target.name, "backend": target.backend, "precision": target.precision,
-                     "runtime_precision": info.get("precision"), "runtime": info.get("runtime"),
-                     "size_mb": mf["size_bytes"] / 2**20, "artifact": str(art_dir), **row})
+        s, info = _artifact_subject(art_dir, mf, threads)
+        subjects.append(s)
+        infos.append(info)
+    rows = [{**info, **row} for info, row in zip(infos, bench_rounds(subjects, x, warmup, iters, rounds, min_seconds))]
     for r in rows:
-        r.update(batch=batch, threads=threads, input_size=list(size))
+        r.update(r.pop("_loaded", {}))
+    if reference and gpu and torch.cuda.is_available():  # the GPU table: PyTorch fp32/fp16/compile beside the engines
+        rows[1:1] = [r for r in bench_torch_gpu(model, x, warmup, iters, min_seconds) if "p50_ms" in r]
+    for r in rows:
+        r.update(batch=batch, threads=threads, input_size=list(size), cpu=cpu_facts())
         if reference:
             r["speedup_vs_eager"] = rows[0]["p50_ms"] / r["p50_ms"]
+    for i, r in enumerate(rows):
+        if r["name"] == "pytorch-eager-dense":  # beside its pruned model's row, not a row of the table
+            rows[0]["dense_eager"] = rows.pop(i)
+            break
     if save_to is not None:
         _merge_results(save_to / "results" / "bench.json", {r["name"]: r for r in rows})
     return rows
+
+
+def _artifact_subject(art_dir: Path, mf: dict[str, Any], threads: int) -> tuple[Subject, dict[str, Any]]:
+    """A :class:`Subject` loading the artifact, and its row's descriptive fields (runtime ones filled in
+    from the runner when it loads, under ``_loaded``)."""
+    target = get_target(mf["target"])
+    loaded: dict[str, Any] = {}
+
+    def make():
+        runner = open_runner(target, art_dir, threads)
+        loaded.update(runtime_precision=runner.info.get("precision"), runtime=runner.info.get("runtime"))
+        return runner
+
+    info = {"name": target.name, "backend": target.backend, "precision": target.precision,
+            "runtime_precision": None, "runtime": None, "size_mb": mf["size_bytes"] / 2**20,
+            "artifact": str(art_dir), "_loaded": loaded}
+    return Subject(target.name, make), info
 
 
 def _same_model(manifests: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ..models import ModelSpec
 from ..targets import option_fields
 from ..train.engine import TrainConfig, resume_config
 from .export import ExportOptions, run_export
-from .training import run_training, train_then_export
+from .training import run_pruned, run_training, train_then_export
 
 MOVED = {"quant": "options", "tensorrt": "options"}  # sections of earlier versions, merged into options:
 
@@ -34,6 +34,8 @@ class ModelSection:
     patch_size: int | None = None
     extra: dict = field(default_factory=dict)  # other timm create_model kwargs, e.g. depth
     prune: str | None = None  # transforms, composed with '+': evit:0.7, tome:8, evit:0.7+tome:4
+    finetune_epochs: int = 0  # with prune: a short fine-tune of the pruned model, distilled from the dense one
+    finetune_lr: float = 1e-4
 
 
 @dataclass
@@ -58,6 +60,23 @@ class BenchSection:
 
 
 @dataclass
+class OptimizeSection:
+    """`edgevit optimize` as a recipe: the runtimes are the recipe's targets, the data its data section."""
+    max_drop: float = 1.0
+    strict: bool = False
+    time_budget_min: float | None = None
+    transforms: list | None = None  # transform texts to try; None: the default space
+    finetune_epochs: int = 2
+    finetune_lr: float = 2e-4
+    max_finetunes: int = 6
+    split: str = "val"  # the held-out split the search chooses on (data.split is not used to choose)
+    confirm_split: str | None = None
+    calib_size: int = 128
+    rounds: int = 3
+    iters: int = 50
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -65,6 +84,7 @@ class Recipe:
     targets: list = field(default_factory=lambda: ["onnx", "openvino"])
     options: dict = field(default_factory=dict)  # target options by name (`edgevit targets --options`)
     bench: BenchSection = field(default_factory=BenchSection)
+    optimize: OptimizeSection | None = None  # search instead of one export (`edgevit optimize`)
     out: str = "runs/run"
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +171,7 @@ def _convert(hint, value, path: str, file: str, problems: _Problems | None = Non
 
 
 def _convert_one(hint, value, path: str, file: str, problems: _Problems):
-    sections = {ModelSection, DataSection, TrainConfig, BenchSection}
+    sections = {ModelSection, DataSection, TrainConfig, BenchSection, OptimizeSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
@@ -207,6 +227,16 @@ def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
                          val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
                          bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
                          options=dict(recipe.options), extra={"recipe": recipe.to_dict()})
+    if recipe.optimize is not None:
+        return _optimize(recipe, spec)
+    if recipe.model.finetune_epochs:
+        if not recipe.model.prune or not d.source:
+            raise ExportError("model.finetune_epochs fine-tunes a pruned model on the data",
+                              "set model.prune (e.g. evit:0.7) and data.source, or remove finetune_epochs")
+        if recipe.train is not None:
+            raise ExportError("the recipe has both a 'train' section and model.finetune_epochs",
+                              "train first (one recipe), then prune and fine-tune its weights (another)")
+        return run_pruned(spec, opts, recipe.model.finetune_epochs, recipe.model.finetune_lr)
     if recipe.train is None:
         return run_export(spec, opts)
     if not d.source:
@@ -215,6 +245,23 @@ def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
     return train_then_export(spec, opts, lambda: run_training(
         spec, recipe.train, d.source, opts.out, split=d.split, val_fraction=d.val_fraction, seed=d.seed,
         exist_ok=True))
+
+
+def _optimize(recipe: Recipe, spec: ModelSpec) -> Path:
+    from .optimize import OptimizeOptions, run_optimize
+
+    o, d = recipe.optimize, recipe.data
+    if not d.source:
+        raise ExportError("the recipe has an 'optimize' section but no 'data.source'",
+                          "set data.source to labelled images (fine-tunes, calibration and accuracy use it)")
+    space = None if o.transforms is None else [t or None for t in o.transforms]
+    run_optimize(spec, OptimizeOptions(
+        targets=list(recipe.targets), data=d.source, out=Path(recipe.out), max_drop=o.max_drop, strict=o.strict,
+        time_budget_min=o.time_budget_min, space=space, finetune_epochs=o.finetune_epochs,
+        finetune_lr=o.finetune_lr, max_finetunes=o.max_finetunes, split=o.split,
+        confirm_split=o.confirm_split, val_fraction=d.val_fraction, seed=d.seed, calib_size=o.calib_size,
+        rounds=o.rounds, iters=o.iters, threads=recipe.bench.threads))
+    return Path(recipe.out)
 
 
 def train_config(recipe: str | Path | None = None, sets: list[str] = (), resume_run: Path | None = None,

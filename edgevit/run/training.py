@@ -23,7 +23,7 @@ from ..manifest import (
     remove_if_empty_run,
     write_json,
 )
-from ..models import ModelSpec, count_params
+from ..models import ModelSpec, count_params, with_checkpoint_hash
 from ..progress import say
 from ..train.distill import check_student, load_teacher
 from ..train.engine import TrainConfig, fit, seed_everything, train_transform
@@ -100,8 +100,10 @@ def finetune_transformed(spec: ModelSpec, data: str, out: Path, epochs: int, lr:
                          seed: int = 0) -> tuple[torch.nn.Module, ModelSpec]:
     """A short fine-tune of the transformed model (``spec.prune``) through the training engine,
     distilled (soft KD on the logits) from the model without transforms, same weights; saves
-    ``out/model/weights.safetensors`` (in the transformed model's key layout)."""
-    dense, _, _ = transforms.build_model(dataclasses.replace(spec, prune=None))
+    ``out/model/weights.safetensors`` (in the transformed model's key layout) and, in
+    ``out/model/finetune.json``, ``dense_model``: the spec of the dense model (validation compares with it)."""
+    dense_spec = dense_spec_of(spec)
+    dense, _, _ = transforms.build_model(dense_spec)
     model, spec, _ = transforms.build_model(spec)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_epochs=0, seed=seed,
                       distillation="soft", alpha=0.5, tau=1.0)
@@ -113,12 +115,23 @@ def finetune_transformed(spec: ModelSpec, data: str, out: Path, epochs: int, lr:
         teacher=dense.eval(), single_head_kd=True)
     save_weights(model, out / WEIGHTS)
     write_json(out / "model" / "finetune.json", {"prune": spec.prune, "epochs": epochs, "lr": lr,
-                                                 "teacher": "the dense model (soft KD)", "from": spec.checkpoint})
+                                                 "teacher": "the dense model (soft KD)", "from": spec.checkpoint,
+                                                 "dense_model": dense_spec.to_dict()})
     return model, trained_spec(spec, out / WEIGHTS)
 
 
+def dense_spec_of(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without its transforms (the dense model it came from), its checkpoint absolute (the record
+    holds from any working directory) and hashed (validation checks the weights by it)."""
+    ckpt = os.path.abspath(os.path.expanduser(spec.checkpoint)) if spec.checkpoint else None
+    return with_checkpoint_hash(dataclasses.replace(spec, prune=None, checkpoint=ckpt))
+
+
 def run_pruned(spec: ModelSpec, opts: ExportOptions, finetune_epochs: int = 0, finetune_lr: float = 1e-4) -> Path:
-    """Transformed export: optionally fine-tune the transformed model first (distilled from the dense one)."""
+    """Transformed export: optionally fine-tune the transformed model first (distilled from the dense one).
+    run.json records ``dense_model``: the spec of the dense model (no transforms, the dense weights), which
+    validation scores beside the pruned artifacts and bench times beside them."""
+    opts = dataclasses.replace(opts, extra={**opts.extra, "dense_model": dense_spec_of(spec).to_dict()})
     if not finetune_epochs:
         return run_export(spec, opts)
     if not opts.data:

@@ -1,0 +1,121 @@
+"""`edgevit optimize` on this CPU: the fastest OpenVINO and ONNX Runtime artifacts within 1 top-1 point
+of the dense model, against NNCF's default int8 pipeline and dense ONNX Runtime fp32.
+
+Accuracy: the committed reference CIFAR DeiT-Ti (patch 4, 32 px, benchmarks/reference/); the search
+chooses on the 932-image val split carved from the training batches (disjoint from the fine-tune and
+calibration images, which come from the rest of the training batches) and the winners are then
+validated on the 600-image test batch, which the search never sees: the checks use the test figures.
+Latency: DeiT-Ti @224 (196 tokens; random weights, latency does not depend on them), batch 1, the
+same transforms (ToMe r scaled to 196 tokens). After the search, the winners' latency artifacts and
+the baselines (NNCF's default int8 on the dense model, dense ONNX Runtime fp32, dense OpenVINO fp32)
+are timed head to head in interleaved rounds; the ratios come from those rounds.
+
+    python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, SHARED_DATA, check, write_results  # noqa: E402
+from int8_cpu import IMAGENET, calib_for, cifar_spec, nncf_default, weights_for  # noqa: E402
+
+RUN = ROOT / "benchmarks" / "runs" / "optimize_cpu"
+CIFAR = SHARED_DATA / "cifar-10-batches-py"
+
+
+def head_to_head(paths: dict[str, Path], rounds: int, iters: int, warmup: int) -> dict[str, dict]:
+    """Every artifact timed once per round, rounds interleaved; median p50 and the rounds' spread."""
+    from edgevit.run.artifacts import bench_artifacts
+
+    per = {k: [] for k in paths}
+    for _ in range(rounds):
+        for k, p in paths.items():
+            per[k].append(bench_artifacts([p], reference=False, warmup=warmup, iters=iters)[0])
+    out = {}
+    for k, rs in per.items():
+        p50s = [r["p50_ms"] for r in rs]
+        med = statistics.median(p50s)
+        out[k] = {"p50_ms": med, "p90_ms": statistics.median(r["p90_ms"] for r in rs), "p50_ms_per_round": p50s,
+                  "round_spread_pct": 100 * (max(p50s) - min(p50s)) / med, "artifact": str(p),
+                  "runtime_precision": rs[0].get("runtime_precision")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", help="CIFAR DeiT-Ti (patch 4, 32 px); default: the committed reference model")
+    ap.add_argument("--epochs", type=int, default=10, help="CPU training epochs when no reference model exists")
+    ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the search itself")
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--finetune-lr", type=float, default=3e-4)
+    ap.add_argument("--max-finetunes", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5, help="head-to-head timing rounds")
+    ap.add_argument("--transforms", help="';'-separated transforms to search instead of the default space (a quick "
+                    "smoke run: --transforms 'evit:0.5@1,4,7' --time-budget 5 --finetune-epochs 1)")
+    ap.add_argument("--resume", action="store_true", help="continue a killed search in benchmarks/runs/optimize_cpu")
+    args = ap.parse_args()
+
+    from edgevit.models import ModelSpec
+    from edgevit.run.optimize import OptimizeOptions, run_optimize
+    from edgevit.run.search import slug
+
+    weights, model_info = weights_for(args)
+    if not args.resume:
+        shutil.rmtree(RUN, ignore_errors=True)
+    t0 = time.monotonic()
+    opts = OptimizeOptions(targets=["openvino", "onnx"], data=str(CIFAR), out=RUN, max_drop=1.0,
+                           time_budget_min=args.time_budget, finetune_epochs=args.finetune_epochs,
+                           finetune_lr=args.finetune_lr, max_finetunes=args.max_finetunes, split="val",
+                           confirm_split="test", latency_model=ModelSpec("deit_tiny", num_classes=10, pretrained=False),
+                           rounds=3, iters=50, warmup=10, resume=args.resume,
+                           space=None if args.transforms is None else [t or None for t in args.transforms.split(";")])
+    summary = run_optimize(cifar_spec(weights), opts)
+    search_min = (time.monotonic() - t0) / 60
+
+    dense = RUN / "latency" / "dense"
+    peer = nncf_default(dense, calib_for(dense, IMAGENET, 128))
+    wins = summary["winners"]
+    paths = {"ort-fp32 dense": dense / "artifacts" / "onnx", "openvino-fp32 dense": dense / "artifacts" / "openvino",
+             "nncf-default int8 dense": peer}
+    for fam, w in wins.items():
+        row = next(r for r in summary["rows"] if r["n"] == w["row"])
+        paths[f"winner {fam}"] = RUN / "latency" / slug(row["latency_prune"] if row["latency_prune"] != "dense"
+                                                        else None) / "artifacts" / row["target"]
+    h2h = head_to_head(paths, args.rounds, 100, 20)
+    rows = [{"part": "search candidate (search rounds, DeiT-Ti @224 latency, CIFAR val accuracy)", **r}
+            for r in summary["rows"]]
+    rows += [{"part": "head to head (DeiT-Ti @224, batch 1)", "variant": k, **v} for k, v in h2h.items()]
+    for fam, w in wins.items():
+        rows.append({"part": "winner, CIFAR test split (never used to choose)", "family": fam,
+                     "candidate": w["candidate"], "weights": w["weights"], **w.get("confirm", {})})
+
+    def win(fam, key):
+        return wins[fam]["confirm"][key] if fam in wins else float("inf")
+
+    ov = h2h["winner openvino"]["p50_ms"] if "openvino" in wins else float("inf")
+    ort = h2h["winner onnx"]["p50_ms"] if "onnx" in wins else float("inf")
+    checks = [
+        check("openvino_best_latency_vs_nncf_default_int8", ov / h2h["nncf-default int8 dense"]["p50_ms"], "<=", 0.45),
+        check("openvino_best_top1_drop_vs_dense_pts", win("openvino", "drop_pts"), "<=", 1.0),
+        check("onnx_best_latency_vs_ort_fp32", ort / h2h["ort-fp32 dense"]["p50_ms"], "<=", 0.40),
+        check("onnx_best_top1_drop_vs_dense_pts", win("onnx", "drop_pts"), "<=", 1.0),
+        check("search_wall_minutes", search_min, "<=", 60.0),
+    ]
+    for k, v in h2h.items():
+        print(f"{k:<26} p50 {v['p50_ms']:7.2f} ms  spread {v['round_spread_pct']:5.1f} %")
+    write_results(__file__, rows, checks, model=model_info, winners=wins, fronts=summary["fronts"],
+                  budget=summary["budget"], cpu=summary["cpu"], finetunes=summary["finetunes"],
+                  search_seconds=summary["search_seconds"], whole_script_minutes=(time.monotonic() - t0) / 60,
+                  front_md=str((RUN / "front.md").relative_to(ROOT)))
+    shutil.copy(RUN / "front.md", ROOT / "benchmarks" / "results" / "optimize_cpu.front.md")
+    shutil.copy(RUN / "plot.png", ROOT / "benchmarks" / "results" / "optimize_cpu.plot.png")
+
+
+if __name__ == "__main__":
+    main()

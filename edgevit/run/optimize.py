@@ -1,0 +1,341 @@
+"""`edgevit optimize`: the fastest artifact for a runtime within an accuracy budget, found by search.
+
+Latency first: latency does not depend on weight values, so every candidate (token reduction ×
+the float and int8 targets of each runtime) is exported and timed on this machine in interleaved
+rounds before any accuracy is spent. Then, fastest first, each candidate's accuracy is compared with
+the dense float model on a held-out split (disjoint from the calibration and fine-tune images,
+paired statistics); the first within budget is the runtime's best, and only transforms with a
+candidate faster than the best so far get a short fine-tune (distilled from the dense model).
+Every finished step is appended to ``search.jsonl``; a killed search resumes from it (``--resume``).
+The time budget bounds exports, timing rounds beyond the first, int8 scoring and fine-tunes; the
+dense model is always timed and every float candidate timed is scored (one PyTorch pass each), so
+a spent budget still ends with an answer: the best found so far.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import transforms
+from ..data import data_config, eval_transform, load_split, make_loader
+from ..errors import OptionError
+from ..eval.machine import cpu_facts
+from ..eval.stats import Paired, pack, paired, unpack
+from ..eval.validate import compare, torch_predict
+from ..models import ModelSpec
+from ..progress import duration, say
+from ..transforms.tokens import patch_tokens
+from .artifacts import bench_artifacts, load_artifact
+from .export import ExportOptions, run_export
+from .search import FAMILIES, TARGET_OPTIONS, Candidate, SearchLog, candidates, default_space, family_of, slug
+from .training import finetune_transformed, trained_spec
+
+
+@dataclass
+class OptimizeOptions:
+    targets: list[str]  # runtimes: openvino, onnx (their int8 targets are searched with them)
+    data: str  # labelled images: fine-tune (train part), calibration (train part), accuracy (split)
+    out: Path
+    max_drop: float = 1.0  # top-1 points below the dense float model
+    strict: bool = False  # hold the 95 % interval's upper bound to the budget, not the point estimate
+    time_budget_min: float | None = None  # the whole search, resumed parts included
+    space: list[str | None] | None = None  # transforms to try (None: the default space)
+    finetune_epochs: int = 2
+    finetune_lr: float = 2e-4
+    max_finetunes: int = 6
+    recoverable_pts: float = 8.0  # untuned misses beyond the budget by more than this are not fine-tuned
+    qat_epochs: int = 1  # int8 candidates that miss by a little: QAT after the float-fallback try (0: never)
+    split: str = "val"  # held-out images the search compares on
+    confirm_split: str | None = None  # also validate the winners here (e.g. test), never used to choose
+    val_fraction: float = 0.2
+    seed: int = 0
+    calib_size: int = 128
+    latency_model: ModelSpec | None = None  # time this model instead (e.g. the deployment resolution)
+    rounds: int = 3
+    iters: int = 50
+    warmup: int = 10
+    threads: int | None = None
+    resume: bool = False
+    export_winners: bool = True
+    families: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+    def check(self) -> None:
+        self.families = list(dict.fromkeys(family_of(t) for t in self.targets))
+        if not self.families:
+            raise OptionError("no --target given", f"pass e.g. --target {','.join(FAMILIES)}")
+        for flag, value, low in (("--max-drop", self.max_drop, 0.0), ("--finetune-epochs", self.finetune_epochs, 0),
+                                 ("--rounds", self.rounds, 1), ("--iters", self.iters, 1),
+                                 ("--calib-size", self.calib_size, 1), ("--max-finetunes", self.max_finetunes, 0)):
+            if value < low:
+                raise OptionError(f"{flag} must be at least {low}, got {value}", f"pass {flag} {low} or more")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise OptionError(f"--time-budget must be positive, got {self.time_budget_min}",
+                              "pass minutes, e.g. --time-budget 60, or leave it out")
+        if self.confirm_split == self.split:
+            raise OptionError(f"--confirm-split {self.split} is the split the search chooses on",
+                              "confirm on another split (e.g. test), or leave it out")
+
+
+class Search:
+    """One search's state: the models, the held-out images, the log and the clock."""
+
+    def __init__(self, spec: ModelSpec, opts: OptimizeOptions):
+        self.spec, self.opts = spec, opts
+        self.dense, self.spec_rec, _ = transforms.build_model(dataclasses.replace(spec, prune=None))
+        self.dense.eval()
+        self.data_cfg = data_config(self.dense, spec.img_size)
+        self.lat_spec = opts.latency_model or dataclasses.replace(spec, prune=None)
+        lat_model, _, _ = transforms.build_model(dataclasses.replace(self.lat_spec, prune=None))
+        self.n_acc, self.n_lat = patch_tokens(self.dense), patch_tokens(lat_model)
+        depth = len(self.dense.blocks)
+        self.space = list(opts.space) if opts.space is not None else default_space(depth, self.n_acc)
+        if None not in self.space:
+            self.space.insert(0, None)  # the dense model is always a candidate (and the baseline)
+        for p in self.space:  # every transform must apply before any work
+            if p:
+                transforms.build_model(dataclasses.replace(spec, prune=p, checkpoint=None, pretrained=False))
+        self.cands = candidates(self.space, opts.families, self.n_acc, self.n_lat)
+        self.log = SearchLog(opts.out / "search.jsonl", self.config(), opts.resume)
+        self.started = time.monotonic()
+        self.spent_before = sum(r.get("seconds", 0.0) for r in self.log.records.values())
+        ds = load_split(opts.data, opts.split, eval_transform(self.data_cfg), opts.val_fraction, opts.seed)
+        self.images = ds
+        self.dense_correct = self._correct(torch_predict(self.dense), "dense model")
+
+    def config(self) -> dict[str, Any]:
+        o = self.opts
+        return {"model": self.spec_rec.to_dict(), "latency_model": self.lat_spec.to_dict(), "data": str(o.data),
+                "split": o.split, "val_fraction": o.val_fraction, "seed": o.seed, "space": self.space,
+                "families": o.families, "max_drop": o.max_drop, "strict": o.strict,
+                "finetune_epochs": o.finetune_epochs, "finetune_lr": o.finetune_lr, "calib_size": o.calib_size,
+                "rounds": o.rounds, "iters": o.iters}
+
+    # --- the clock -------------------------------------------------------------------------
+    def spent(self) -> float:
+        return self.spent_before + time.monotonic() - self.started
+
+    def left(self) -> float:
+        budget = self.opts.time_budget_min
+        return float("inf") if budget is None else budget * 60.0 - self.spent()
+
+    # --- accuracy --------------------------------------------------------------------------
+    def _correct(self, predict, label: str) -> np.ndarray:
+        res = self.compare_on({"m": predict}, self.images, label)["m"]
+        return res["logits"].argmax(1) == res["labels"]
+
+    def compare_on(self, predictors: dict[str, Any], ds, label: str = "validating") -> dict[str, dict[str, Any]]:
+        return compare(predictors, make_loader(ds, 64), total=len(ds), label=label)
+
+    def weights(self, prune: str | None, tag: str) -> ModelSpec:
+        spec = dataclasses.replace(self.spec, prune=prune)
+        if tag == "base":
+            return spec
+        rec = self.log.get("finetune", prune or "dense")
+        return trained_spec(spec, Path(rec["weights"]))
+
+    def accuracy(self, cand: Candidate, tag: str, extra: dict[str, Any] | None = None) -> Paired:
+        """The candidate's paired comparison with the dense float model on the held-out split (logged)."""
+        extra = extra or {}
+        key = f"{cand.key}#{tag}" + "".join(f"+{k}" for k in sorted(extra))
+        if cand.int8:
+            rec = self.log.get("accuracy", key)
+        else:  # float targets share the PyTorch model's predictions (export agreement is checked at export)
+            rec = self.log.get("accuracy", f"{cand.prune or 'dense'}|float#{tag}")
+            key = f"{cand.prune or 'dense'}|float#{tag}"
+        if rec is None:
+            t0 = time.monotonic()
+            correct = self._int8_correct(cand, tag, extra) if cand.int8 else self._float_correct(cand.prune, tag)
+            rec = self.log.put("accuracy", key, correct=pack(correct), n=len(correct),
+                               seconds=time.monotonic() - t0)
+        return paired(self.dense_correct, unpack(rec["correct"], rec["n"]))
+
+    def _float_correct(self, prune: str | None, tag: str) -> np.ndarray:
+        model, _, _ = transforms.build_model(self.weights(prune, tag))
+        return self._correct(torch_predict(model.eval()), f"accuracy of {prune or 'dense'} ({tag})")
+
+    def _int8_correct(self, cand: Candidate, tag: str, extra: dict[str, Any]) -> np.ndarray:
+        o = self.opts
+        out = o.out / "accuracy" / f"{slug(cand.prune)}-{tag}-{cand.target}{'-' + '-'.join(extra) if extra else ''}"
+        options = {"calib_size": o.calib_size, **TARGET_OPTIONS.get(cand.target, {}), **extra}
+        run_export(self.weights(cand.prune, tag), ExportOptions(
+            targets=[cand.target], out=out, data=o.data, split=o.split, val_fraction=o.val_fraction, seed=o.seed,
+            exist_ok=True, validate_limit=16, bench=False, options=options))
+        _, runner, _, _ = load_artifact(out / "artifacts" / cand.target, o.threads)
+        return self._correct(runner, f"accuracy of {cand.key} ({tag})")
+
+    def has_accuracy(self, cand: Candidate, tag: str) -> bool:
+        key = f"{cand.key}#{tag}" if cand.int8 else f"{cand.prune or 'dense'}|float#{tag}"
+        return self.log.get("accuracy", key) is not None
+
+    def meets(self, p: Paired) -> bool:
+        return p.budget_value(self.opts.strict) <= self.opts.max_drop
+
+    # --- fine-tunes ------------------------------------------------------------------------
+    def finetune(self, prune: str) -> None:
+        if self.log.get("finetune", prune):
+            return
+        o, t0 = self.opts, time.monotonic()
+        out = o.out / "finetune" / slug(prune)
+        say("fine-tune: ", plain=f"{prune}, {o.finetune_epochs} epoch(s) distilled from the dense model")
+        _, spec = finetune_transformed(dataclasses.replace(self.spec, prune=prune), o.data, out, o.finetune_epochs,
+                                       o.finetune_lr, val_fraction=o.val_fraction, seed=o.seed)
+        self.log.put("finetune", prune, weights=str(spec.checkpoint), epochs=o.finetune_epochs, lr=o.finetune_lr,
+                     seconds=time.monotonic() - t0)
+
+    def finetune_seconds(self) -> float:
+        done = self.log.of_kind("finetune")
+        return max(r["seconds"] for r in done) if done else 0.0
+
+    # --- latency ---------------------------------------------------------------------------
+    def latencies(self) -> dict[str, dict[str, Any]]:
+        """Export every candidate for the latency model and time them all in interleaved rounds."""
+        groups = []
+        for p in self.space:
+            lat_p = next(c.latency_prune for c in self.cands if c.prune == p)
+            if p is not None and self.left() <= 0 and not self.log.get("exported", slug(lat_p)):
+                say("[yellow]time budget:[/] ", plain=f"spent; {p or 'dense'} and later transforms are not timed")
+                break
+            groups.append((p, self._latency_artifacts(p, lat_p)))
+        done = []
+        for r in range(self.opts.rounds):
+            if self.log.get("latency-round", str(r)):
+                done.append(r)
+                continue
+            if done and self.left() <= 0:
+                break
+            done.append(r)
+            say("latency: ", plain=f"round {r + 1} of {self.opts.rounds} over {sum(len(g) for _, g in groups)} "
+                "artifacts (interleaved, batch 1)")
+            t0, rows = time.monotonic(), {}
+            for _, arts in groups:
+                timed = bench_artifacts([a for _, a in arts], reference=False, warmup=self.opts.warmup,
+                                        iters=self.opts.iters, threads=self.opts.threads)
+                for row, (cand, _) in zip(timed, arts):
+                    rows[cand.key] = {k: row[k] for k in ("p50_ms", "p90_ms", "runtime_precision") if k in row}
+            self.log.put("latency-round", str(r), rows=rows, seconds=time.monotonic() - t0)
+        return summarize_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
+
+    def _latency_artifacts(self, prune: str | None, lat_prune: str | None) -> list[tuple[Candidate, Path]]:
+        out = self.opts.out / "latency" / slug(lat_prune)
+        cands = [c for c in self.cands if c.prune == prune]
+        targets = list(dict.fromkeys(c.target for c in cands))
+        if not self.log.get("exported", slug(lat_prune)):
+            t0 = time.monotonic()
+            options = {"calib": self.opts.data, "calib_size": 8}
+            options.update({k: v for t in targets for k, v in TARGET_OPTIONS.get(t, {}).items()})
+            run_export(dataclasses.replace(self.lat_spec, prune=lat_prune), ExportOptions(
+                targets=targets, out=out, exist_ok=True, bench=False, check_images=2, options=options))
+            self.log.put("exported", slug(lat_prune), prune=lat_prune, seconds=time.monotonic() - t0)
+        return [(c, out / "artifacts" / c.target) for c in cands]
+
+
+def summarize_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per candidate: the median over rounds of each round's p50 and p90, the rounds' p50s and their
+    spread (100 × (max − min) / median), so every latency carries its own noise."""
+    out = {}
+    for key in rounds[0]:
+        p50s = [r[key]["p50_ms"] for r in rounds if key in r]
+        med = float(np.median(p50s))
+        out[key] = {"p50_ms": med, "p90_ms": float(np.median([r[key]["p90_ms"] for r in rounds if key in r])),
+                    "p50_ms_per_round": p50s, "round_spread_pct": 100.0 * (max(p50s) - min(p50s)) / med,
+                    "runtime_precision": rounds[0][key].get("runtime_precision")}
+    return out
+
+
+def run_optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
+    """Search, write the outputs (candidates, front, plot, winner recipes, the winners exported and
+    validated) and return the summary. Raises SearchError (after writing the outputs) when no
+    candidate of some runtime meets the budget."""
+    from .winner import finish  # the outputs
+
+    opts.check()
+    spec.check()
+    s = Search(spec, opts)
+    say("optimize: ", plain=f"{len(s.cands)} candidates ({len(s.space)} transforms x {', '.join(opts.families)}), "
+        f"budget {opts.max_drop:g} pts ({'95 % upper bound' if opts.strict else 'point estimate'}), "
+        f"{len(s.images)} held-out images ({opts.split}); {cpu_facts()['cpu']}")
+    lat = s.latencies()
+    best = walk_all(s, lat)
+    return finish(s, lat, best)
+
+
+def walk_all(s: Search, lat: dict[str, dict[str, Any]]) -> dict[str, tuple[Candidate, str, Paired] | None]:
+    """Fastest first per runtime; then fine-tune the transforms that could beat the best so far."""
+    for p in s.space:  # untuned float accuracy of every transform: cheap, and the plot shows all of them
+        s.accuracy(Candidate(p, FAMILIES[s.opts.families[0]][0], s.opts.families[0], None), "base")
+    best = {fam: walk(s, fam, lat, None) for fam in s.opts.families}
+    while s.opts.finetune_epochs and len(s.log.of_kind("finetune")) < s.opts.max_finetunes:
+        nxt = next_finetune(s, lat, best)
+        if nxt is None:
+            break
+        need = s.finetune_seconds() or 0.0
+        if s.left() < need * 1.1 or s.left() <= 0:
+            say("[yellow]time budget:[/] ", plain=f"{duration(max(0.0, s.left()))} left, a fine-tune takes about "
+                f"{duration(need)}: {nxt} is not fine-tuned")
+            break
+        s.finetune(nxt)
+        best = {fam: walk(s, fam, lat, best[fam]) for fam in s.opts.families}
+    return best
+
+
+def tags(s: Search, prune: str | None) -> list[str]:
+    return ["base"] + (["ft"] if prune and s.log.get("finetune", prune) else [])
+
+
+def walk(s: Search, fam: str, lat: dict[str, dict[str, Any]], best):
+    """The fastest candidate of ``fam`` within budget, trying only those faster than ``best``."""
+    for c in sorted((c for c in s.cands if c.family == fam and c.key in lat), key=lambda c: lat[c.key]["p50_ms"]):
+        if best is not None and lat[c.key]["p50_ms"] >= lat[best[0].key]["p50_ms"]:
+            return best
+        for tag in reversed(tags(s, c.prune)):
+            if c.int8 and s.left() <= 0 and not s.has_accuracy(c, tag):
+                continue  # float candidates take one PyTorch pass and are always scored; int8 ones need an export
+            p = s.accuracy(c, tag)
+            if not s.meets(p) and c.int8:
+                p = escalate(s, c, tag, p)
+            if s.meets(p):
+                return c, tag, p
+    return best
+
+
+def escalate(s: Search, c: Candidate, tag: str, p: Paired) -> Paired:
+    """An int8 candidate that misses while its float twin meets the budget: keep its most sensitive
+    layers float (``max_drop``), then QAT, while it misses by at most a point."""
+    twin = s.accuracy(Candidate(c.prune, FAMILIES[c.family][0], c.family, None), tag)
+    tries = [{"max_drop": s.opts.max_drop}] + ([{"qat_epochs": s.opts.qat_epochs}] if s.opts.qat_epochs else [])
+    for extra in tries:
+        if not s.meets(twin) or p.budget_value(s.opts.strict) > s.opts.max_drop + 1.0 or s.left() <= 0:
+            break
+        p = s.accuracy(c, tag, extra)
+        if s.meets(p):
+            break
+    return p
+
+
+def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> str | None:
+    """The untuned transform with the fastest candidate that beats its runtime's best so far and
+    whose untuned miss a short fine-tune can plausibly recover."""
+    chosen = None
+    for c in sorted((c for c in s.cands if c.prune and c.key in lat), key=lambda c: lat[c.key]["p50_ms"]):
+        b = best.get(c.family)
+        if b is not None and lat[c.key]["p50_ms"] >= lat[b[0].key]["p50_ms"]:
+            continue
+        if s.log.get("finetune", c.prune):
+            continue
+        miss = s.accuracy(Candidate(c.prune, FAMILIES[c.family][0], c.family, None), "base")
+        if miss.budget_value(s.opts.strict) - s.opts.max_drop <= s.opts.recoverable_pts:
+            chosen = c.prune
+            break
+    return chosen
+
+
+def best_text(s: Search, p: Paired) -> str:
+    return p.text() + (" (95 % upper bound held to the budget)" if s.opts.strict else "")

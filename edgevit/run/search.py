@@ -1,0 +1,169 @@
+"""What `edgevit optimize` searches and how it remembers: the candidates (token reduction × the
+float and int8 targets of each runtime), the Pareto front, and the append-only log a killed search
+resumes from. The orchestration is in :mod:`edgevit.run.optimize`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgeVitError, OptionError
+from ..transforms.tokens import max_tome_r
+
+# A runtime the search answers for -> its float and int8 targets (and the int8 target's options).
+FAMILIES: dict[str, tuple[str, ...]] = {"openvino": ("openvino", "openvino-int8"), "onnx": ("onnx", "onnx-int8")}
+ALIASES = {"openvino-int8": "openvino", "onnx-int8": "onnx", "openvino-fp32": "openvino"}
+TARGET_OPTIONS: dict[str, dict[str, Any]] = {"onnx-int8": {"form": "static"}}  # calibrated Q/DQ: no VNNI needed
+ELSEWHERE = {"tensorrt": "TensorRT engines are timed on their GPU", "coreml": "CoreML packages are timed on a Mac"}
+
+
+class SearchError(EdgeVitError):
+    """The search cannot start (bad space, a log from another search) or nothing met the budget."""
+
+    exit_code = 1
+
+
+def family_of(name: str) -> str:
+    """``--target`` name -> the runtime family searched (``openvino-int8`` searches ``openvino``)."""
+    fam = ALIASES.get(name, name)
+    if fam in FAMILIES:
+        return fam
+    where = next((why for k, why in ELSEWHERE.items() if name.startswith(k)), None)
+    if where:
+        raise OptionError(f"optimize measures latency on the machine it runs on, and {where}",
+                          f"run the search for {name} on that machine, or search --target openvino / onnx here")
+    raise OptionError(f"optimize cannot search --target {name}", f"use one of {', '.join(FAMILIES)}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    prune: str | None  # transforms on the accuracy model (None: dense)
+    target: str  # an export target
+    family: str  # the runtime it answers for
+    latency_prune: str | None  # the same transforms on the latency model (ToMe r scaled to its tokens)
+
+    @property
+    def key(self) -> str:
+        return f"{self.prune or 'dense'}|{self.target}"
+
+    @property
+    def int8(self) -> bool:
+        return self.target.endswith("-int8")
+
+
+def slug(text: str | None) -> str:
+    """A folder name for a transform text: ``evit:0.5@2,5,8+tome:2`` -> ``evit0.5-2.5.8+tome2``."""
+    return re.sub(r"[^A-Za-z0-9.+_-]", "", (text or "dense").replace("@", "-").replace(",", "."))
+
+
+def default_space(depth: int, n_tokens: int) -> list[str | None]:
+    """The transforms searched by default for a ViT of ``depth`` blocks and ``n_tokens`` patch
+    tokens: EViT keep 0.7 / 0.5 / 0.4 at three sets of locations (a quarter, half and three
+    quarters of depth, then one and two blocks earlier: earlier pruning saves more, costs more
+    accuracy), ToMe merging about 4 % and 6.5 % of the tokens per block, and EViT 0.5 with the
+    smaller ToMe together."""
+    q, h, t = max(0, depth // 4), depth // 2, max(0, 3 * depth // 4)
+    locs = []
+    for shift in (0, 1, 2):
+        loc = tuple(i - shift for i in (q, h, t))
+        if min(loc) >= 1 and len(set(loc)) == 3 and loc not in locs:
+            locs.append(loc)
+    evit = [f"evit:{k:g}@{','.join(map(str, loc))}" for k in (0.7, 0.5, 0.4) for loc in locs]
+    cap = max_tome_r(n_tokens, depth)
+    rs = sorted({min(cap, max(1, round(f * n_tokens))) for f in (0.04, 0.065)} - {0})
+    tome = [f"tome:{r}" for r in rs]
+    combo = [f"evit:0.5@{q},{h},{t}+tome:{rs[0]}"] if rs else []
+    return [None, *evit, *tome, *combo]
+
+
+def scale_prune(text: str | None, n_from: int, n_to: int) -> str | None:
+    """The same transforms for a model with ``n_to`` patch tokens: EViT keep rates and locations are
+    kept, ToMe's r (tokens merged per block) scales with the token count."""
+    if not text or n_from == n_to:
+        return text
+    parts = []
+    for part in text.split("+"):
+        name, _, arg = part.partition(":")
+        parts.append(f"tome:{max(1, round(int(arg) * n_to / n_from))}" if name == "tome" else part)
+    return "+".join(parts)
+
+
+def candidates(space: list[str | None], families: list[str], n_acc: int, n_lat: int) -> list[Candidate]:
+    return [Candidate(p, t, fam, scale_prune(p, n_acc, n_lat)) for p in space for fam in families
+            for t in FAMILIES[fam]]
+
+
+def pareto(points: list[tuple[float, float, Any]]) -> list[Any]:
+    """The (latency, drop, item) points no other point beats on both (lower is better for both),
+    fastest first."""
+    front, best = [], float("inf")
+    for _lat, drop, item in sorted(points, key=lambda p: (p[0], p[1])):
+        if drop < best:
+            front.append(item)
+            best = drop
+    return front
+
+
+class SearchLog:
+    """Append-only JSON lines: one record per finished step, written and flushed before the next
+    step starts. A search killed at any point resumes from it; a torn last line is ignored."""
+
+    def __init__(self, path: Path, config: dict[str, Any], resume: bool):
+        self.path = Path(path)
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        if self.path.exists() and resume:
+            self._load(config)
+        elif self.path.exists():
+            raise SearchError(f"{self.path.parent} already holds a search",
+                              "pass --resume to continue it, or another --out for a new one")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.put("config", "search", **config)
+
+    def _load(self, config: dict[str, Any]) -> None:
+        lines = self.path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # the step being written when the search was killed
+                    continue
+                raise SearchError(f"{self.path} line {i + 1} is not JSON",
+                                  "the log was edited: remove the bad line or start a new search (--out)") from None
+            self.records[(rec["kind"], rec["key"])] = rec
+        old = self.records.get(("config", "search"), {})
+        diff = sorted(k for k in config if json.dumps(old.get(k)) != json.dumps(config[k]))
+        if diff:
+            raise SearchError(f"the search in {self.path.parent} was started with other settings "
+                              f"({', '.join(diff)} differ)", "resume it with the same settings, or pass another --out")
+        with open(self.path, "rb+") as f:  # drop a torn last line before appending
+            good = b"".join(ln + b"\n" for ln in f.read().splitlines() if _parses(ln))
+            f.seek(0)
+            f.write(good)
+            f.truncate()
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.records.get((kind, key))
+
+    def put(self, kind: str, key: str, **data: Any) -> dict[str, Any]:
+        rec = {"kind": kind, "key": key, **data}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[(kind, key)] = rec
+        return rec
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [r for (k, _), r in self.records.items() if k == kind]
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,195 @@
+"""`edgevit optimize` on a tiny model: latency first, fastest-first accuracy, the budget, the time
+budget, resume after a kill, a budget nothing meets, and winner.yaml rebuilding the winner."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_spec, write_cifar
+
+from edgevit.run import optimize as O
+from edgevit.run.recipe import load_recipe, run_recipe
+from edgevit.run.search import Candidate, SearchError, SearchLog, candidates, default_space, pareto, scale_prune
+
+SPACE = [None, "evit:0.5@1", "tome:2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from edgevit.models import create_model
+
+    root = tmp_path_factory.mktemp("opt")
+    data = write_cifar(root / "cifar", n_train=200, n_test=20)
+    torch.manual_seed(0)
+    spec = tiny_spec(extra={"depth": 3})
+    path = root / "tiny.pth"
+    torch.save(create_model(spec).state_dict(), path)
+    return tiny_spec(extra={"depth": 3}, checkpoint=str(path)), str(data), root
+
+
+def opts(setup, out, **kw):
+    spec, data, root = setup
+    base = dict(targets=["onnx"], data=data, out=root / out, max_drop=100.0, space=SPACE, finetune_epochs=1,
+                max_finetunes=1, calib_size=8, rounds=2, iters=3, warmup=1, export_winners=False, qat_epochs=0)
+    base.update(kw)
+    return O.OptimizeOptions(**base)
+
+
+def log_kinds(out):
+    return [json.loads(line)["kind"] + ":" + json.loads(line)["key"] for line in (out / "search.jsonl").open()]
+
+
+def test_search_times_every_candidate_first_and_picks_the_fastest_within_budget(setup):
+    spec = setup[0]
+    o = opts(setup, "wide", export_winners=True)
+    summary = O.run_optimize(spec, o)
+    kinds = log_kinds(o.out)
+    # latency of all 6 candidates (3 transforms x onnx, onnx-int8) before any accuracy
+    first_acc = next(i for i, k in enumerate(kinds) if k.startswith("accuracy:"))
+    assert max(i for i, k in enumerate(kinds) if k.startswith("latency-round:")) < first_acc
+    rows = json.loads((o.out / "candidates.json").read_text())
+    assert {r["key"] for r in rows} == {f"{p or 'dense'}|{t}" for p in SPACE for t in ("onnx", "onnx-int8")}
+    w = summary["winners"]["onnx"]
+    fastest = min(r["p50_ms"] for r in rows)
+    assert w["p50_ms"] == fastest  # a 100-point budget: the fastest candidate wins
+    assert (o.out / "plot.png").stat().st_size > 10_000 and (o.out / "winner.yaml").exists()
+    assert "Pareto front" in (o.out / "front.md").read_text()
+    assert (o.out / "winner-onnx" / "artifacts").is_dir()
+
+
+def test_budget_nothing_meets_names_the_best_found(setup):
+    spec = setup[0]
+    o = opts(setup, "strict", max_drop=0.0, strict=True, finetune_epochs=0)
+    with pytest.raises(SearchError) as e:
+        O.run_optimize(spec, o)
+    assert "no candidate is within --max-drop 0 pts (95 % upper bound)" in e.value.what
+    assert "onnx: best found" in e.value.what and "--max-drop" in e.value.fix
+    assert (o.out / "front.md").exists()  # the outputs are written before the error
+
+
+def test_time_budget_ends_with_the_best_found_so_far(setup):
+    spec = setup[0]
+    o = opts(setup, "timed", time_budget_min=1e-4, max_drop=0.5)
+    summary = O.run_optimize(spec, o)
+    kinds = log_kinds(o.out)
+    assert [k for k in kinds if k.startswith("exported:")] == ["exported:dense"]  # only the baseline is timed
+    assert sum(k.startswith("latency-round:") for k in kinds) == 1  # one round, no more once spent
+    assert summary["finetunes"] == [] and not any(k.startswith("accuracy:dense|onnx-int8") for k in kinds)
+    assert summary["winners"]["onnx"]["candidate"] == "dense|onnx"  # the answer within the time: dense float
+
+
+def test_killed_search_resumes_from_its_log(setup, monkeypatch):
+    spec = setup[0]
+    o = opts(setup, "killed", max_drop=0.0, max_finetunes=1)
+    real, calls = O.Search._float_correct, []
+
+    def dies(self, prune, tag):
+        calls.append(prune)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed in the middle of the accuracy phase
+        return real(self, prune, tag)
+
+    monkeypatch.setattr(O.Search, "_float_correct", dies)
+    with pytest.raises(KeyboardInterrupt):
+        O.run_optimize(spec, o)
+    before = log_kinds(o.out)
+    assert sum(k.startswith("accuracy:") for k in before) == 1
+    with open(o.out / "search.jsonl", "a") as f:
+        f.write('{"kind": "accuracy", "key": "torn')  # a line cut by the kill
+    monkeypatch.setattr(O.Search, "_float_correct", real)
+    exported = []
+    monkeypatch.setattr(O, "run_export", lambda *a, **k: exported.append(a) or real_export(*a, **k))
+    o2 = opts(setup, "killed", max_drop=0.0, max_finetunes=1, resume=True)
+    try:
+        O.run_optimize(spec, o2)
+    except SearchError:
+        pass  # a 0-point budget may still be unmet; resuming is what is tested
+    after = log_kinds(o.out)
+    assert after[:len(before)] == before  # nothing redone, nothing lost
+    assert not any(k.startswith(("latency-round:", "exported:")) for k in after[len(before):])
+    assert after.count(before[-1]) == 1  # the accuracy finished before the kill is not measured again
+    assert not any(a[1].targets != ["onnx-int8"] for a in exported)  # no latency export redone
+    with pytest.raises(SearchError, match="other settings"):
+        O.run_optimize(spec, opts(setup, "killed", max_drop=3.0, resume=True))
+    with pytest.raises(SearchError, match="--resume"):
+        O.run_optimize(spec, opts(setup, "killed"))
+
+
+real_export = O.run_export
+
+
+def test_winner_yaml_rebuilds_the_winner(setup, tmp_path):
+    spec = setup[0]
+    o = opts(setup, "rebuild", space=[None, "evit:0.5@1"], max_drop=100.0, finetune_epochs=1,
+             targets=["openvino"], export_winners=True)
+    o.check()
+    s = O.Search(spec, o)
+    lat = s.latencies()
+    s.finetune("evit:0.5@1")  # make the winner a fine-tuned one, the hard case to rebuild
+    best = O.walk_all(s, lat)
+    from edgevit.run.winner import finish
+
+    summary = finish(s, lat, best)
+    w = summary["winners"]["openvino"]
+    recipe = load_recipe(o.out / "winner.yaml")
+    assert recipe.model.prune == (None if w["candidate"].startswith("dense") else w["candidate"].split("|")[0])
+    r = recipe.__class__(**{**recipe.__dict__, "out": str(tmp_path / "rebuilt")})
+    run = run_recipe(r)
+    target = w["candidate"].split("|")[1]
+    a = json.loads((run / "results" / "validate.json").read_text())[target]
+    b = json.loads((o.out / "winner-openvino" / "results" / "validate.json").read_text())[target]
+    assert a["top1"] == b["top1"] and a["images"] == b["images"]
+    if w["weights"] == "fine-tuned":
+        from safetensors.torch import load_file
+
+        new = load_file(str(run / "model" / "weights.safetensors"))
+        old = load_file(s.log.get("finetune", "evit:0.5@1")["weights"])
+        assert all(torch.allclose(new[k], old[k], atol=1e-6) for k in old)
+
+
+def test_space_scaling_and_front():
+    space = default_space(12, 64)
+    assert None in space and "evit:0.5@1,4,7" in space and any(p.startswith("tome:") for p in space if p)
+    assert scale_prune("evit:0.5@3,6,9+tome:4", 64, 196) == "evit:0.5@3,6,9+tome:12"
+    cands = candidates([None, "tome:4"], ["openvino", "onnx"], 64, 196)
+    assert len(cands) == 8 and Candidate("tome:4", "onnx-int8", "onnx", "tome:12") in cands
+    assert pareto([(10, 3, "a"), (5, 5, "b"), (20, 0, "c"), (12, 4, "d"), (30, 0, "e")]) == ["b", "a", "c"]
+
+
+def test_log_ignores_a_torn_last_line_and_refuses_a_bad_middle(tmp_path):
+    log = SearchLog(tmp_path / "s.jsonl", {"a": 1}, resume=False)
+    log.put("x", "1", v=np.float64(2.0).item())
+    (tmp_path / "s.jsonl").write_text((tmp_path / "s.jsonl").read_text() + '{"kind": "x", "ke')
+    again = SearchLog(tmp_path / "s.jsonl", {"a": 1}, resume=True)
+    assert again.get("x", "1")["v"] == 2.0
+    again.put("x", "2")
+    assert SearchLog(tmp_path / "s.jsonl", {"a": 1}, resume=True).get("x", "2") is not None
+    (tmp_path / "s.jsonl").write_text('{"kind": "config", "key": "search", "a": 1}\nnot json\n'
+                                      '{"kind": "x", "key": "3"}\n')
+    with pytest.raises(SearchError, match="line 2"):
+        SearchLog(tmp_path / "s.jsonl", {"a": 1}, resume=True)
+
+
+def test_cli_refuses_a_runtime_it_cannot_time_here_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    res = CliRunner().invoke(app, ["optimize", "--model", "deit_tiny", "--data", str(tmp_path), "--target",
+                                   "tensorrt-int8", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "TensorRT engines are timed on their GPU" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_optimize_section_is_checked(tmp_path):
+    from edgevit.errors import RecipeError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("model: {name: deit_tiny, pretrained: false}\ndata: {source: digits}\ntargets: [onnx]\n"
+                    "optimize: {max_drop: 0.5, strict: true, transforms: ['evit:0.7', 'tome:2']}\n")
+    r = load_recipe(good)
+    assert r.optimize.max_drop == 0.5 and r.optimize.strict and r.optimize.transforms == ["evit:0.7", "tome:2"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: deit_tiny}\noptimize: {max_dorp: 0.5}\n")
+    with pytest.raises(RecipeError, match="max_drop"):
+        load_recipe(bad)
