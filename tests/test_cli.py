@@ -1,4 +1,5 @@
 """The command line: listings, and every bad input gives one clear error, exit code 2, no residue."""
+import json
 import subprocess
 import sys
 
@@ -56,8 +57,12 @@ def test_export_validate_bench_report_end_to_end(tmp_path, ckpt):
     r = invoke("validate", art, "--data", "digits", "--split", "val", "--limit", "20", "--json", tmp_path / "v.json")
     assert r.exit_code == 0, r.output
     assert "agreement" in r.output and (tmp_path / "v.json").is_file()
-    r = invoke("bench", art, out / "artifacts" / "openvino", "--iters", "3", "--warmup", "1")
-    assert r.exit_code == 0 and "pytorch-eager" in r.output and "p50" in r.output, r.output
+    r = invoke("bench", art, out / "artifacts" / "openvino", "--iters", "3", "--warmup", "1", "--rounds", "2",
+               "--json", tmp_path / "b.json")
+    assert r.exit_code == 0 and "pytorch-eager" in r.output and "p50" in r.output and "noise" in r.output, r.output
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert all(len(row["noise"]["rounds_p50_ms"]) == 2 and row["cpu"]["cores"] for row in rows)
+    assert invoke("bench", art, "--rounds", "0").exit_code == 2
     r = invoke("report", out)
     assert r.exit_code == 0 and "report.html" in r.output
 

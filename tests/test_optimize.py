@@ -149,7 +149,7 @@ def test_winner_yaml_rebuilds_the_winner(setup, tmp_path):
 
 def test_space_scaling_and_front():
     space = default_space(12, 64)
-    assert None in space and "evit:0.5@1,4,7" in space and any(p.startswith("tome:") for p in space if p)
+    assert None in space and "evit:0.5@1,4,7" in space and "tome:3" in space and "evit:0.7@3,6,9+tome:2" in space
     assert scale_prune("evit:0.5@3,6,9+tome:4", 64, 196) == "evit:0.5@3,6,9+tome:12"
     cands = candidates([None, "tome:4"], ["openvino", "onnx"], 64, 196)
     assert len(cands) == 8 and Candidate("tome:4", "onnx-int8", "onnx", "tome:12") in cands
@@ -193,3 +193,27 @@ def test_recipe_optimize_section_is_checked(tmp_path):
     bad.write_text("model: {name: deit_tiny}\noptimize: {max_dorp: 0.5}\n")
     with pytest.raises(RecipeError, match="max_drop"):
         load_recipe(bad)
+
+
+def test_holdout_is_disjoint_from_fine_tune_and_calibration_images(tmp_path):
+    from edgevit.data import load_split, train_part
+    from edgevit.run.export import ExportOptions
+    from edgevit.run.int8 import int8_inputs
+    from edgevit.targets import get_target
+
+    data = str(write_cifar(tmp_path / "c", n_train=100, n_test=20))
+    train, held = load_split(data, "train", holdout=0.2), load_split(data, "holdout", holdout=0.2)
+    assert len(train) + len(held) == 100 and not set(train.indices) & set(held.indices)
+    assert sorted(train_part(data, holdout=0.2)) == sorted(train.indices)
+    assert len(load_split(data, "train")) == 100  # without a holdout nothing is set aside
+    cfg = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+           "crop_pct": 1.0, "crop_mode": "center"}
+    o = ExportOptions(targets=["onnx-int8"], out=tmp_path / "o", data=data, holdout=0.2,
+                      options={"form": "static", "calib_size": 80})
+    calib = int8_inputs(o, cfg, [get_target("onnx-int8")]).calib
+    assert len(calib.images) == len(train) == 80  # every calibration image comes from the non-held-out part
+    from edgevit.errors import DataError
+
+    with pytest.raises(DataError, match="has 80 images"):  # the 20 held-out images are not in the pool
+        int8_inputs(ExportOptions(targets=["onnx-int8"], out=tmp_path / "o", data=data, holdout=0.2,
+                                  options={"form": "static", "calib_size": 81}), cfg, [get_target("onnx-int8")])

@@ -74,6 +74,7 @@ def bench(
     artifacts: List[Path] = typer.Argument(..., help="artifact directories"),
     batch: int = typer.Option(1), threads: Optional[int] = typer.Option(None, help="default: all cores"),
     warmup: int = typer.Option(10), iters: int = typer.Option(100),
+    rounds: int = typer.Option(1, help="interleaved rounds (eager, a1, a2, ... then again): the median of the rounds' figures, and their spread in the noise column"),
     reference: bool = typer.Option(True, help="include PyTorch eager as the reference row"),
     gpu: bool = typer.Option(True, help="on a CUDA machine, add PyTorch GPU rows (fp32, fp16, fp16 + torch.compile)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
@@ -83,15 +84,27 @@ def bench(
     On a CUDA machine the same table holds PyTorch on the GPU, ONNX Runtime's CUDA provider (with
     onnxruntime-gpu installed) and TensorRT engines."""
     from .. import api
+    from ..errors import OptionError
+    from ..eval.machine import cpu_facts, isa_label
 
+    if rounds < 1:
+        raise OptionError(f"--rounds must be at least 1, got {rounds}", "pass --rounds 3 (or leave it out)")
     rows = api.bench(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
-                           reference=reference, gpu=gpu)
-    t = table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB")
+                     reference=reference, gpu=gpu, rounds=rounds)
+    cpu = cpu_facts()
+    t = table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB", "noise",
+              title=f"{cpu['cpu']}, {cpu['cores']} cores, {isa_label(cpu['isa'])}")
     for r in rows:
+        noise = r.get("noise") or {}
+        spread = noise.get("round_spread_pct")
         t.add_row(r["name"], str(r.get("runtime_precision")), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", f"{r['throughput_ips']:.1f}", f"{r.get('speedup_vs_eager', 1):.2f}",
-                  f"{r['peak_mem_mb']:.0f}", f"{r['size_mb']:.1f}")
+                  f"{r['peak_mem_mb']:.0f}", f"{r.get('size_mb', 0):.1f}",
+                  ("[yellow]noisy[/]" if noise.get("noisy") else "ok") + (f" ±{spread / 2:.0f} %" if spread else ""))
     out.print(t)
+    for r in rows:
+        if (r.get("noise") or {}).get("noisy"):
+            out.print(f"[yellow]warning:[/] {r['name']}: {r['noise']['why']}")
     if json_out:
         from ..manifest import write_json
         write_json(json_out, rows)

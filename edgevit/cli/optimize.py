@@ -29,8 +29,9 @@ def optimize(
     num_classes: Optional[int] = typer.Option(None, help="classifier size (must match --checkpoint and --data)"),
     img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR"),
     patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
-    split: str = typer.Option("val", help="held-out split the search compares on (disjoint from fine-tune and calibration images)"),
-    confirm_split: Optional[str] = typer.Option(None, help="also validate the winners on this split (e.g. test); never used to choose"),
+    split: str = typer.Option("val", help="the images the search chooses on: val (the data's own val/test split, or the --val-fraction carve: held out from the checkpoint's training, the fine-tunes and calibration), or holdout (a --holdout fraction of the training images, for a checkpoint that never trained on them)"),
+    holdout: Optional[float] = typer.Option(None, help="fraction of the training images set aside for --split holdout (fine-tunes and calibration leave them out)"),
+    confirm_split: Optional[str] = typer.Option(None, help="also validate the winners here, on images the search never chose on (e.g. test with --split holdout)"),
     val_fraction: float = typer.Option(0.2, help="hold-out fraction for data without its own val split"),
     calib_size: int = typer.Option(128, help="calibration images for int8 candidates"),
     rounds: int = typer.Option(3, help="interleaved timing rounds (the median is used; their spread is reported)"),
@@ -60,7 +61,8 @@ def optimize(
         targets=[t.strip() for t in target.split(",") if t.strip()], data=data,
         out=out_dir or fresh(Path("runs") / f"optimize-{model}"), max_drop=max_drop, strict=strict,
         time_budget_min=time_budget, space=space, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-        max_finetunes=max_finetunes, split=split, confirm_split=confirm_split, val_fraction=val_fraction,
+        max_finetunes=max_finetunes, split=split, holdout=holdout,
+        confirm_split=confirm_split, val_fraction=val_fraction,
         calib_size=calib_size, rounds=rounds, iters=iters, threads=threads, resume=resume)
     summary = api.optimize(spec, opts)
     t = table("runtime", "winner", "weights", "p50 ms", "drop pts [95 %]", "recipe", title="edgevit optimize")

@@ -18,12 +18,12 @@ from .readers import Cifar, Digits, ImageFolder, Transformed, is_cifar, load_ima
 
 __all__ = [
     "Cifar", "Digits", "ImageFolder", "Transformed", "load_image", "read_cifar_batch",
-    "open_source", "load_split", "check_classes", "split_indices", "data_config", "eval_transform", "make_loader",
-    "EMBEDDED",
+    "open_source", "load_split", "train_part", "check_classes", "split_indices", "data_config", "eval_transform",
+    "make_loader", "EMBEDDED",
 ]
 
 EMBEDDED = "digits"
-SPLITS = ("train", "val", "test", "all")
+SPLITS = ("train", "val", "test", "all", "holdout")
 
 
 def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
@@ -88,16 +88,39 @@ def split_indices(targets: list[int], val_fraction: float, seed: int) -> tuple[l
     return sorted(train), sorted(val)
 
 
+def train_part(source: str | Path, val_fraction: float = 0.2, seed: int = 0, holdout: float | None = None,
+               part: str = "train") -> list[int] | None:
+    """Indices (into the source's train reader) of the images training and calibration may use, or
+    with ``part="holdout"`` of the images carved out for choosing (``edgevit optimize``): with
+    ``holdout`` a stratified fraction of the training images is set aside, so that a search chooses
+    on images no fine-tune or calibration saw and is then confirmed on the source's own test split.
+    None: every image of a native train split."""
+    base, native = open_source(source, "train")
+    pool = None if native else split_indices(base.targets, val_fraction, seed)[0]
+    if not holdout:
+        if part == "holdout":
+            raise DataError("the holdout split needs a holdout fraction", "pass --holdout 0.2 (or another fraction)")
+        return pool
+    pool = list(range(len(base))) if pool is None else pool
+    rest, carved = split_indices([base.targets[i] for i in pool], holdout, seed + 1)
+    return [pool[i] for i in (carved if part == "holdout" else rest)]
+
+
 def load_split(source: str | Path, split: str, transform=None, val_fraction: float = 0.2,
-               seed: int = 0, limit: int | None = None) -> Transformed:
-    """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset."""
+               seed: int = 0, limit: int | None = None, holdout: float | None = None) -> Transformed:
+    """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset.
+    With ``holdout`` (a fraction), ``train`` leaves out the images of split ``holdout``
+    (:func:`train_part`)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}", "leave it out to use every image")
-    base, native = open_source(source, split if split in ("train", "val", "test") else "all")
+    base, native = open_source(source, split if split in ("train", "val", "test") else
+                               "train" if split == "holdout" else "all")
     indices: list[int] | None = None
-    if not native and split != "all":
+    if split == "holdout" or (split == "train" and holdout):
+        indices = train_part(source, val_fraction, seed, holdout, part=split)
+    elif not native and split != "all":
         train, val = split_indices(base.targets, val_fraction, seed)
         indices = train if split == "train" else val
     if limit is not None and limit < len(indices if indices is not None else base):

@@ -361,4 +361,5 @@ def print_summary(run_dir: Path) -> None:
         console.print(summary_table(data["rows"]))
         for w in data["warnings"]:
             console.print(w, style="bold yellow", highlight=False)
-        console.print(headline(data["rows"]), highlight=False)
+        if (h := headline(data["rows"])) not in data["warnings"]:  # a noisy run's headline is its warning
+            console.print(h, highlight=False)

@@ -53,9 +53,11 @@ class ExportOptions:
     split: str = "test"
     val_fraction: float = 0.2
     seed: int = 0
+    holdout: float | None = None  # training images set aside (never fine-tuned or calibrated on): data.train_part
     exist_ok: bool = False
     validate_limit: int | None = None
     bench: bool = True
+    validate: bool = True
     batch: int = 1
     threads: int | None = None
     warmup: int = 10
@@ -77,6 +79,11 @@ class ExportOptions:
                               f"give each target once: --target {','.join(dict.fromkeys(self.targets))}")
         if self.split not in SPLITS:
             raise OptionError(f"--split {self.split!r} is not a split", f"use one of {', '.join(SPLITS)}")
+        if self.split == "holdout":
+            raise OptionError("--split holdout is the images `edgevit optimize` chooses on",
+                              "validate an export on val or test")
+        if self.holdout is not None and not 0.0 < self.holdout < 1.0:
+            raise OptionError(f"--holdout must be in (0, 1), got {self.holdout}", "use e.g. --holdout 0.2")
         if not 0.0 < self.val_fraction < 1.0:
             raise OptionError(f"--val-fraction must be in (0, 1), got {self.val_fraction}",
                               "use e.g. --val-fraction 0.2")
@@ -186,7 +193,7 @@ def _export_all(run: dict[str, Any], opts: ExportOptions, model: torch.nn.Module
             manifests.append(mf)
             say(f"  [green]✓[/] {t.name:<14} {mf['size_bytes'] / 2**20:7.1f} MB  {_check_line(mf)}")
     art_dirs = [opts.out / "artifacts" / t.name for t in targets if not _skip(t)]
-    if opts.data and art_dirs:
+    if opts.data and opts.validate and art_dirs:
         validate_artifacts(art_dirs, opts.data, opts.split, model, opts.validate_limit, opts.val_fraction,
                            opts.seed, save_to=opts.out)
     if opts.bench and art_dirs:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import open_source, split_indices
+from ..data import train_part
 from ..errors import DataError
 from ..progress import heartbeat, say
 from ..quant.calibration import CalibSet, calibration_set, control_set
@@ -60,7 +60,7 @@ def int8_inputs(opts, data_cfg: dict[str, Any], targets: list[Target]) -> Int8In
                             "nor --data was given", "pass --calib DIR with a few hundred of the images the model "
                             "will see (class sub-folders or flat), or --data")
         source = opts.data
-        allowed = train_indices(source, opts.val_fraction, opts.seed)
+        allowed = train_part(source, opts.val_fraction, opts.seed, opts.holdout)
     with heartbeat(f"calibration set from {source}"):
         out.calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,
                                     allowed=allowed)
@@ -72,7 +72,3 @@ def int8_inputs(opts, data_cfg: dict[str, Any], targets: list[Target]) -> Int8In
     return out
 
 
-def train_indices(source: str, val_fraction: float, seed: int) -> list[int] | None:
-    """Indices of a source's training part when validation carves it from the same images."""
-    base, native = open_source(source, "train")
-    return None if native else split_indices(base.targets, val_fraction, seed)[0]

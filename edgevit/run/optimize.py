@@ -29,10 +29,21 @@ from ..eval.stats import Paired, pack, paired, unpack
 from ..eval.validate import compare, torch_predict
 from ..models import ModelSpec
 from ..progress import duration, say
+from ..transforms.base import TransformError
 from ..transforms.tokens import patch_tokens
 from .artifacts import bench_artifacts, load_artifact
 from .export import ExportOptions, run_export
-from .search import FAMILIES, TARGET_OPTIONS, Candidate, SearchLog, candidates, default_space, family_of, slug
+from .search import (
+    FAMILIES,
+    TARGET_OPTIONS,
+    Candidate,
+    SearchLog,
+    candidates,
+    default_space,
+    family_of,
+    scale_prune,
+    slug,
+)
 from .training import finetune_transformed, trained_spec
 
 
@@ -50,8 +61,13 @@ class OptimizeOptions:
     max_finetunes: int = 6
     recoverable_pts: float = 8.0  # untuned misses beyond the budget by more than this are not fine-tuned
     qat_epochs: int = 1  # int8 candidates that miss by a little: QAT after the float-fallback try (0: never)
-    split: str = "val"  # held-out images the search compares on
-    confirm_split: str | None = None  # also validate the winners here (e.g. test), never used to choose
+    # The images the search chooses on: held out from the dense model's training as well as from the
+    # fine-tunes and calibration (both use the train split): val (a source's own val or test split,
+    # or the val_fraction carve). "holdout" sets aside a fraction of the training images instead,
+    # for a dense model that never trained on them; then confirm_split can validate on untouched images.
+    split: str = "val"
+    holdout: float | None = None
+    confirm_split: str | None = None  # the winners are also validated here, never used to choose
     val_fraction: float = 0.2
     seed: int = 0
     calib_size: int = 128
@@ -79,9 +95,21 @@ class OptimizeOptions:
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise OptionError(f"--time-budget must be positive, got {self.time_budget_min}",
                               "pass minutes, e.g. --time-budget 60, or leave it out")
-        if self.confirm_split == self.split:
-            raise OptionError(f"--confirm-split {self.split} is the split the search chooses on",
+        if self.confirm_split in (self.split, "holdout"):
+            raise OptionError(f"--confirm-split {self.confirm_split} is the split the search chooses on",
                               "confirm on another split (e.g. test), or leave it out")
+        if self.split == "holdout" and not (self.holdout and 0.0 < self.holdout < 1.0):
+            raise OptionError(f"--split holdout needs --holdout in (0, 1), got {self.holdout}",
+                              "pass --holdout 0.2, or choose on another split (--split val)")
+
+    @property
+    def report_split(self) -> str:
+        """Where the winners are validated: the confirm split, else the split chosen on (test when
+        choosing on the holdout)."""
+        return self.confirm_split or ("test" if self.split == "holdout" else self.split)
+
+
+INT8_SLACK_PTS = 1.0  # int8 candidates are scored only when their float twin is this close to the budget
 
 
 class Search:
@@ -99,21 +127,37 @@ class Search:
         self.space = list(opts.space) if opts.space is not None else default_space(depth, self.n_acc)
         if None not in self.space:
             self.space.insert(0, None)  # the dense model is always a candidate (and the baseline)
-        for p in self.space:  # every transform must apply before any work
-            if p:
-                transforms.build_model(dataclasses.replace(spec, prune=p, checkpoint=None, pretrained=False))
+        self.space = [p for p in self.space if self._applies(p, opts.space is None)]
         self.cands = candidates(self.space, opts.families, self.n_acc, self.n_lat)
         self.log = SearchLog(opts.out / "search.jsonl", self.config(), opts.resume)
         self.started = time.monotonic()
         self.spent_before = sum(r.get("seconds", 0.0) for r in self.log.records.values())
-        ds = load_split(opts.data, opts.split, eval_transform(self.data_cfg), opts.val_fraction, opts.seed)
+        ds = load_split(opts.data, opts.split, eval_transform(self.data_cfg), opts.val_fraction, opts.seed,
+                        holdout=opts.holdout)
         self.images = ds
         self.dense_correct = self._correct(torch_predict(self.dense), "dense model")
+
+    def _applies(self, prune: str | None, default: bool) -> bool:
+        """Every transform must apply to both models before any work: one of the user's that does not
+        is an error; one of the default space's (e.g. ToMe after EViT on a model with few tokens) is
+        left out, and said so."""
+        if not prune:
+            return True
+        try:
+            for base, text in ((self.spec, prune), (self.lat_spec, scale_prune(prune, self.n_acc, self.n_lat))):
+                transforms.build_model(dataclasses.replace(base, prune=text, checkpoint=None, pretrained=False))
+        except TransformError as e:
+            if not default:
+                raise
+            say("[yellow]space:[/] ", plain=f"{prune} left out ({e.what})")
+            return False
+        return True
 
     def config(self) -> dict[str, Any]:
         o = self.opts
         return {"model": self.spec_rec.to_dict(), "latency_model": self.lat_spec.to_dict(), "data": str(o.data),
-                "split": o.split, "val_fraction": o.val_fraction, "seed": o.seed, "space": self.space,
+                "split": o.split, "holdout": o.holdout, "val_fraction": o.val_fraction, "seed": o.seed,
+                "space": self.space,
                 "families": o.families, "max_drop": o.max_drop, "strict": o.strict,
                 "finetune_epochs": o.finetune_epochs, "finetune_lr": o.finetune_lr, "calib_size": o.calib_size,
                 "rounds": o.rounds, "iters": o.iters}
@@ -166,14 +210,18 @@ class Search:
         out = o.out / "accuracy" / f"{slug(cand.prune)}-{tag}-{cand.target}{'-' + '-'.join(extra) if extra else ''}"
         options = {"calib_size": o.calib_size, **TARGET_OPTIONS.get(cand.target, {}), **extra}
         run_export(self.weights(cand.prune, tag), ExportOptions(
-            targets=[cand.target], out=out, data=o.data, split=o.split, val_fraction=o.val_fraction, seed=o.seed,
-            exist_ok=True, validate_limit=16, bench=False, options=options))
+            targets=[cand.target], out=out, data=o.data, split=o.report_split, val_fraction=o.val_fraction,
+            seed=o.seed, holdout=o.holdout, exist_ok=True, validate=False, bench=False, options=options))
         _, runner, _, _ = load_artifact(out / "artifacts" / cand.target, o.threads)
         return self._correct(runner, f"accuracy of {cand.key} ({tag})")
 
     def has_accuracy(self, cand: Candidate, tag: str) -> bool:
         key = f"{cand.key}#{tag}" if cand.int8 else f"{cand.prune or 'dense'}|float#{tag}"
         return self.log.get("accuracy", key) is not None
+
+    def float_twin(self, cand: Candidate, tag: str) -> Paired:
+        """The float model (same transforms and weights) of an int8 candidate, scored."""
+        return self.accuracy(Candidate(cand.prune, FAMILIES[cand.family][0], cand.family, None), tag)
 
     def meets(self, p: Paired) -> bool:
         return p.budget_value(self.opts.strict) <= self.opts.max_drop
@@ -186,7 +234,8 @@ class Search:
         out = o.out / "finetune" / slug(prune)
         say("fine-tune: ", plain=f"{prune}, {o.finetune_epochs} epoch(s) distilled from the dense model")
         _, spec = finetune_transformed(dataclasses.replace(self.spec, prune=prune), o.data, out, o.finetune_epochs,
-                                       o.finetune_lr, val_fraction=o.val_fraction, seed=o.seed)
+                                       o.finetune_lr, split=o.report_split, val_fraction=o.val_fraction, seed=o.seed,
+                                       holdout=o.holdout)
         self.log.put("finetune", prune, weights=str(spec.checkpoint), epochs=o.finetune_epochs, lr=o.finetune_lr,
                      seconds=time.monotonic() - t0)
 
@@ -298,6 +347,9 @@ def walk(s: Search, fam: str, lat: dict[str, dict[str, Any]], best):
         for tag in reversed(tags(s, c.prune)):
             if c.int8 and s.left() <= 0 and not s.has_accuracy(c, tag):
                 continue  # float candidates take one PyTorch pass and are always scored; int8 ones need an export
+            if c.int8 and not s.has_accuracy(c, tag) and s.float_twin(c, tag).budget_value(s.opts.strict) > \
+                    s.opts.max_drop + INT8_SLACK_PTS:
+                continue  # its float twin misses by more than int8 noise: quantization will not win that back
             p = s.accuracy(c, tag)
             if not s.meets(p) and c.int8:
                 p = escalate(s, c, tag, p)
@@ -309,7 +361,7 @@ def walk(s: Search, fam: str, lat: dict[str, dict[str, Any]], best):
 def escalate(s: Search, c: Candidate, tag: str, p: Paired) -> Paired:
     """An int8 candidate that misses while its float twin meets the budget: keep its most sensitive
     layers float (``max_drop``), then QAT, while it misses by at most a point."""
-    twin = s.accuracy(Candidate(c.prune, FAMILIES[c.family][0], c.family, None), tag)
+    twin = s.float_twin(c, tag)
     tries = [{"max_drop": s.opts.max_drop}] + ([{"qat_epochs": s.opts.qat_epochs}] if s.opts.qat_epochs else [])
     for extra in tries:
         if not s.meets(twin) or p.budget_value(s.opts.strict) > s.opts.max_drop + 1.0 or s.left() <= 0:

@@ -44,6 +44,7 @@ class DataSection:
     split: str = "test"
     val_fraction: float = 0.2
     seed: int = 0
+    holdout: float | None = None  # training images never fine-tuned or calibrated on (`edgevit optimize` chose on them)
     limit: int | None = None  # validate on a stratified subset of this many images
 
 
@@ -69,8 +70,9 @@ class OptimizeSection:
     finetune_epochs: int = 2
     finetune_lr: float = 2e-4
     max_finetunes: int = 6
-    split: str = "val"  # the held-out split the search chooses on (data.split is not used to choose)
-    confirm_split: str | None = None
+    split: str = "val"  # the split the search chooses on (held out from the checkpoint's training too)
+    holdout: float | None = None  # with split holdout: the fraction of the training images set aside
+    confirm_split: str | None = None  # also validate the winners here
     calib_size: int = 128
     rounds: int = 3
     iters: int = 50
@@ -224,7 +226,8 @@ def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
     """Run a :class:`Recipe`: optional training, then the export pipeline."""
     spec, d, b = spec_from_recipe(recipe), recipe.data, recipe.bench
     opts = ExportOptions(targets=list(recipe.targets), out=Path(recipe.out), data=d.source, split=d.split,
-                         val_fraction=d.val_fraction, seed=d.seed, exist_ok=exist_ok, validate_limit=d.limit,
+                         val_fraction=d.val_fraction, seed=d.seed, holdout=d.holdout, exist_ok=exist_ok,
+                         validate_limit=d.limit,
                          bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
                          options=dict(recipe.options), extra={"recipe": recipe.to_dict()})
     if recipe.optimize is not None:
@@ -258,7 +261,7 @@ def _optimize(recipe: Recipe, spec: ModelSpec) -> Path:
     run_optimize(spec, OptimizeOptions(
         targets=list(recipe.targets), data=d.source, out=Path(recipe.out), max_drop=o.max_drop, strict=o.strict,
         time_budget_min=o.time_budget_min, space=space, finetune_epochs=o.finetune_epochs,
-        finetune_lr=o.finetune_lr, max_finetunes=o.max_finetunes, split=o.split,
+        finetune_lr=o.finetune_lr, max_finetunes=o.max_finetunes, split=o.split, holdout=o.holdout,
         confirm_split=o.confirm_split, val_fraction=d.val_fraction, seed=d.seed, calib_size=o.calib_size,
         rounds=o.rounds, iters=o.iters, threads=recipe.bench.threads))
     return Path(recipe.out)

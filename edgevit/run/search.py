@@ -64,7 +64,9 @@ def default_space(depth: int, n_tokens: int) -> list[str | None]:
     tokens: EViT keep 0.7 / 0.5 / 0.4 at three sets of locations (a quarter, half and three
     quarters of depth, then one and two blocks earlier: earlier pruning saves more, costs more
     accuracy), ToMe merging about 4 % and 6.5 % of the tokens per block, and EViT 0.5 with the
-    smaller ToMe together."""
+    smaller ToMe together (with fewer merges, since EViT has already cut the tokens): EViT 0.7 with
+    two thirds and EViT 0.5 with a third of that r. Transforms that do not fit a given model (too few
+    tokens left to merge) are left out by the search, which says so."""
     q, h, t = max(0, depth // 4), depth // 2, max(0, 3 * depth // 4)
     locs = []
     for shift in (0, 1, 2):
@@ -75,7 +77,8 @@ def default_space(depth: int, n_tokens: int) -> list[str | None]:
     cap = max_tome_r(n_tokens, depth)
     rs = sorted({min(cap, max(1, round(f * n_tokens))) for f in (0.04, 0.065)} - {0})
     tome = [f"tome:{r}" for r in rs]
-    combo = [f"evit:0.5@{q},{h},{t}+tome:{rs[0]}"] if rs else []
+    combo = [f"evit:{k:g}@{q},{h},{t}+tome:{max(1, round(rs[0] * f))}" for k, f in ((0.7, 2 / 3), (0.5, 1 / 3))
+             ] if rs else []
     return [None, *evit, *tome, *combo]
 
 

@@ -97,18 +97,19 @@ def _check_labels(train_ds, model: torch.nn.Module, spec: ModelSpec, data: str) 
 
 def finetune_transformed(spec: ModelSpec, data: str, out: Path, epochs: int, lr: float = 1e-4,
                          batch_size: int = 64, split: str = "val", val_fraction: float = 0.2,
-                         seed: int = 0) -> tuple[torch.nn.Module, ModelSpec]:
+                         seed: int = 0, holdout: float | None = None) -> tuple[torch.nn.Module, ModelSpec]:
     """A short fine-tune of the transformed model (``spec.prune``) through the training engine,
     distilled (soft KD on the logits) from the model without transforms, same weights; saves
     ``out/model/weights.safetensors`` (in the transformed model's key layout) and, in
-    ``out/model/finetune.json``, ``dense_model``: the spec of the dense model (validation compares with it)."""
+    ``out/model/finetune.json``, ``dense_model``: the spec of the dense model (validation compares with it).
+    ``holdout``: the fraction of the training images left out (:func:`edgevit.data.train_part`)."""
     dense_spec = dense_spec_of(spec)
     dense, _, _ = transforms.build_model(dense_spec)
     model, spec, _ = transforms.build_model(spec)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_epochs=0, seed=seed,
                       distillation="soft", alpha=0.5, tau=1.0)
     dcfg = data_config(model, spec.img_size)
-    train_ds = load_split(data, "train", train_transform(dcfg, cfg), val_fraction, seed)
+    train_ds = load_split(data, "train", train_transform(dcfg, cfg), val_fraction, seed, holdout=holdout)
     val_ds = load_split(data, split, eval_transform(dcfg), val_fraction, seed)
     out = Path(out)
     fit(model, train_ds, val_ds, cfg, out / "finetune", dcfg, int(model.num_classes), f"{spec.name}+{spec.prune}",
@@ -116,6 +117,7 @@ def finetune_transformed(spec: ModelSpec, data: str, out: Path, epochs: int, lr:
     save_weights(model, out / WEIGHTS)
     write_json(out / "model" / "finetune.json", {"prune": spec.prune, "epochs": epochs, "lr": lr,
                                                  "teacher": "the dense model (soft KD)", "from": spec.checkpoint,
+                                                 "train_images": len(train_ds), "holdout": holdout,
                                                  "dense_model": dense_spec.to_dict()})
     return model, trained_spec(spec, out / WEIGHTS)
 
@@ -137,7 +139,8 @@ def run_pruned(spec: ModelSpec, opts: ExportOptions, finetune_epochs: int = 0, f
     if not opts.data:
         raise DataError("--finetune-epochs needs labelled images", "pass --data (its train split is used)")
     return train_then_export(spec, opts, lambda: finetune_transformed(
-        spec, opts.data, opts.out, finetune_epochs, finetune_lr, val_fraction=opts.val_fraction, seed=opts.seed))
+        spec, opts.data, opts.out, finetune_epochs, finetune_lr, val_fraction=opts.val_fraction, seed=opts.seed,
+        holdout=opts.holdout))
 
 
 def train_then_export(spec: ModelSpec, opts: ExportOptions,

@@ -44,7 +44,8 @@ def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
             scored = True
         if not scored:
             rows.append({**base, "weights": None, "tag": None, "int8_extra": [], "meets_budget": None,
-                         "not_scored": "slower than this runtime's winner: its accuracy could not change the answer"})
+                         "not_scored": "slower than this runtime's winner (its accuracy could not change the "
+                                       "answer), or int8 whose float twin misses the budget by over a point"})
     rows.sort(key=lambda r: (r["p50_ms"], r.get("drop_pts") if r.get("drop_pts") is not None else 1e9))
     for i, r in enumerate(rows, 1):
         r["n"] = i
@@ -74,8 +75,8 @@ def recipe_for(s, c: Candidate, tag: str, extra: list[str]) -> dict[str, Any]:
                   "num_classes": spec.num_classes, "img_size": spec.img_size, "patch_size": spec.patch_size,
                   "extra": dict(spec.extra), "prune": c.prune, "finetune_epochs": fine["epochs"] if fine else 0,
                   "finetune_lr": fine["lr"] if fine else o.finetune_lr},
-        "data": {"source": str(o.data), "split": o.confirm_split or o.split, "val_fraction": o.val_fraction,
-                 "seed": o.seed},
+        "data": {"source": str(o.data), "split": o.report_split, "val_fraction": o.val_fraction,
+                 "seed": o.seed, "holdout": o.holdout},
         "targets": [c.target], "options": options, "out": f"runs/winner-{c.family}",
     }
 
@@ -91,8 +92,8 @@ def export_winner(s, c: Candidate, tag: str, extra: list[str], recipe: dict[str,
     o = s.opts
     out = o.out / f"winner-{c.family}"
     run_export(s.weights(c.prune, tag), ExportOptions(
-        targets=[c.target], out=out, data=o.data, split=o.confirm_split or o.split, val_fraction=o.val_fraction,
-        seed=o.seed, exist_ok=True, bench=True, threads=o.threads, options=dict(recipe["options"]),
+        targets=[c.target], out=out, data=o.data, split=o.report_split, val_fraction=o.val_fraction,
+        seed=o.seed, holdout=o.holdout, exist_ok=True, bench=True, threads=o.threads, options=dict(recipe["options"]),
         extra={"optimize": {"candidate": c.key, "weights": tag}, "dense_model": s.spec_rec.to_dict()}))
     art = out / "artifacts" / c.target
     res = {"run": str(out), "artifact": str(art)}

@@ -67,4 +67,6 @@ def int8_row(mf: dict[str, Any]) -> dict[str, str]:
             "calibration": calibration,
             "--max-drop": "—" if not md else f"bound {md['bound_pts']} pts: {md['control_drop_pts']:.2f} pts on "
                                             f"{md['control_images']} held-out images",
-            "layers kept float": f"{len(kept)} of {e.get('layers')}: {', '.join(kept) or 'none'}"}
+            "layers kept float": (f"{len(kept)} of {e['layers']}: {', '.join(kept) or 'none'}"
+                                  if e.get("layers") is not None else
+                                  ", ".join(kept) or "layer count not recorded (weight-only int8)")}
