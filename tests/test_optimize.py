@@ -125,7 +125,7 @@ def test_winner_yaml_rebuilds_the_winner(setup, tmp_path):
     o.check()
     s = O.Search(spec, o)
     lat = s.latencies()
-    s.finetune("evit:0.5@1")  # make the winner a fine-tuned one, the hard case to rebuild
+    s.finetune("evit:0.5@1", 1)  # make the winner a fine-tuned one, the hard case to rebuild
     best = O.walk_all(s, lat)
     from edgevit.run.winner import finish
 
@@ -143,7 +143,7 @@ def test_winner_yaml_rebuilds_the_winner(setup, tmp_path):
         from safetensors.torch import load_file
 
         new = load_file(str(run / "model" / "weights.safetensors"))
-        old = load_file(s.log.get("finetune", "evit:0.5@1")["weights"])
+        old = load_file(s.log.get("finetune", "evit:0.5@1#1")["weights"])
         assert all(torch.allclose(new[k], old[k], atol=1e-6) for k in old)
 
 
@@ -217,3 +217,33 @@ def test_holdout_is_disjoint_from_fine_tune_and_calibration_images(tmp_path):
     with pytest.raises(DataError, match="has 80 images"):  # the 20 held-out images are not in the pool
         int8_inputs(ExportOptions(targets=["onnx-int8"], out=tmp_path / "o", data=data, holdout=0.2,
                                   options={"form": "static", "calib_size": 81}), cfg, [get_target("onnx-int8")])
+
+
+def test_next_finetune_short_first_then_longer_for_a_near_miss(tmp_path):
+    from types import SimpleNamespace
+
+    from edgevit.eval.stats import paired
+
+    def drop(pts):  # a Paired with this drop on 100 images
+        ref = np.zeros(100, bool)
+        ref[:50] = True
+        cand = ref.copy()
+        cand[:pts] = False
+        return paired(ref, cand)
+
+    acc = {("evit:0.4", "base"): drop(6), ("evit:0.4", "ft2"): drop(2), ("evit:0.7", "base"): drop(12)}
+    log = SearchLog(tmp_path / "s.jsonl", {}, resume=False)
+    s = SimpleNamespace(opts=O.OptimizeOptions(targets=["onnx"], data="d", out=tmp_path, max_drop=1.0,
+                                               finetune_epochs=2),
+                        cands=candidates([None, "evit:0.4", "evit:0.7"], ["onnx"], 64, 64), log=log,
+                        accuracy=lambda c, tag: acc[(c.prune, tag)])
+    lat = {c.key: {"p50_ms": {"evit:0.7": 1.0, "evit:0.4": 2.0, None: 9.0}[c.prune] + c.int8 * 0.1}
+           for c in s.cands}
+    assert O.next_finetune(s, lat, {"onnx": None}) == ("evit:0.4", 2)  # evit:0.7 misses by 11 pts: hopeless
+    fastest = next(c for c in s.cands if c.prune == "evit:0.7" and not c.int8)
+    assert O.next_finetune(s, lat, {"onnx": (fastest, "base", drop(0))}) is None  # nothing faster to win
+    log.put("finetune", "evit:0.4#2", prune="evit:0.4", epochs=2, seconds=10.0, weights="w")
+    assert O.next_finetune(s, lat, {"onnx": None}) == ("evit:0.4", 4)  # 1 pt over after 2 epochs: twice as long
+    log.put("finetune", "evit:0.4#4", prune="evit:0.4", epochs=4, seconds=20.0, weights="w")
+    assert O.next_finetune(s, lat, {"onnx": None}) is None
+    assert O.tags(s, "evit:0.4") == ["base", "ft2", "ft4"]

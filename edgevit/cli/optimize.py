@@ -25,7 +25,8 @@ def optimize(
     transforms: Optional[str] = typer.Option(None, help="transforms to try, ';'-separated (e.g. 'evit:0.7;evit:0.5@2,5,8;tome:4'); default: EViT 0.7/0.5/0.4 at three location sets, two ToMe r, one mix"),
     finetune_epochs: int = typer.Option(2, help="epochs of each short fine-tune (distilled from the dense model); 0: none"),
     finetune_lr: float = typer.Option(2e-4, help="fine-tune learning rate"),
-    max_finetunes: int = typer.Option(6, help="at most this many transforms are fine-tuned"),
+    max_finetunes: int = typer.Option(6, help="at most this many fine-tunes in all"),
+    longer_finetune: float = typer.Option(2.0, help="a fine-tuned candidate still this many points over budget gets one fine-tune twice as long; 0: never"),
     num_classes: Optional[int] = typer.Option(None, help="classifier size (must match --checkpoint and --data)"),
     img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR"),
     patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
@@ -61,7 +62,7 @@ def optimize(
         targets=[t.strip() for t in target.split(",") if t.strip()], data=data,
         out=out_dir or fresh(Path("runs") / f"optimize-{model}"), max_drop=max_drop, strict=strict,
         time_budget_min=time_budget, space=space, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-        max_finetunes=max_finetunes, split=split, holdout=holdout,
+        max_finetunes=max_finetunes, longer_finetune_pts=longer_finetune, split=split, holdout=holdout,
         confirm_split=confirm_split, val_fraction=val_fraction,
         calib_size=calib_size, rounds=rounds, iters=iters, threads=threads, resume=resume)
     summary = api.optimize(spec, opts)

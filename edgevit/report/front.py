@@ -45,6 +45,10 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
                 transform=ax.get_xaxis_transform())
     ax.axhline(budget, color="tab:red", ls="--", lw=1)
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("latency p50, ms (log scale; batch 1, median of interleaved rounds)")
     ax.set_ylabel("top-1 drop vs the dense float model, points (95 % interval)")
     ax.set_title(title, fontsize=10)
@@ -77,7 +81,10 @@ def _row(r: dict[str, Any]) -> str:
         acc = (f"{r['drop_pts']:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
                f"{r['only_dense_correct']} / {r['only_candidate_correct']} | {r['mcnemar_p']:.2f}")
     extra = "+" + "+".join(r["int8_extra"]) if r.get("int8_extra") else ""
-    return (f"| {r['n']} | {r['prune']} | {r['target']}{extra} | {r.get('weights') or 'not scored'} | {lat} | "
+    weights = r.get("weights") or "not scored"
+    if r.get("finetune_epochs"):
+        weights = f"fine-tuned {r['finetune_epochs']} ep"
+    return (f"| {r['n']} | {r['prune']} | {r['target']}{extra} | {weights} | {lat} | "
             f"{acc} | {'**winner**' if r.get('winner') else ('yes' if r.get('meets_budget') else '')} |")
 
 

@@ -60,6 +60,7 @@ class OptimizeOptions:
     finetune_lr: float = 2e-4
     max_finetunes: int = 6
     recoverable_pts: float = 8.0  # untuned misses beyond the budget by more than this are not fine-tuned
+    longer_finetune_pts: float = 2.0  # a fine-tuned miss within this gets one fine-tune twice as long (0: never)
     qat_epochs: int = 1  # int8 candidates that miss by a little: QAT after the float-fallback try (0: never)
     # The images the search chooses on: held out from the dense model's training as well as from the
     # fine-tunes and calibration (both use the train split): val (a source's own val or test split,
@@ -160,6 +161,7 @@ class Search:
                 "space": self.space,
                 "families": o.families, "max_drop": o.max_drop, "strict": o.strict,
                 "finetune_epochs": o.finetune_epochs, "finetune_lr": o.finetune_lr, "calib_size": o.calib_size,
+                "longer_finetune_pts": o.longer_finetune_pts,
                 "rounds": o.rounds, "iters": o.iters}
 
     # --- the clock -------------------------------------------------------------------------
@@ -179,10 +181,12 @@ class Search:
         return compare(predictors, make_loader(ds, 64), total=len(ds), label=label)
 
     def weights(self, prune: str | None, tag: str) -> ModelSpec:
+        """The spec of ``prune`` with the weights ``tag`` names: ``base`` (the checkpoint as given) or
+        ``ftN`` (fine-tuned N epochs)."""
         spec = dataclasses.replace(self.spec, prune=prune)
         if tag == "base":
             return spec
-        rec = self.log.get("finetune", prune or "dense")
+        rec = self.log.get("finetune", f"{prune}#{tag[2:]}")
         return trained_spec(spec, Path(rec["weights"]))
 
     def accuracy(self, cand: Candidate, tag: str, extra: dict[str, Any] | None = None) -> Paired:
@@ -227,21 +231,24 @@ class Search:
         return p.budget_value(self.opts.strict) <= self.opts.max_drop
 
     # --- fine-tunes ------------------------------------------------------------------------
-    def finetune(self, prune: str) -> None:
-        if self.log.get("finetune", prune):
+    def finetune(self, prune: str, epochs: int) -> None:
+        """Fine-tune ``prune`` for ``epochs`` from the checkpoint, distilled from the dense model (a
+        longer one starts from the checkpoint too, so one recipe line rebuilds it)."""
+        if self.log.get("finetune", f"{prune}#{epochs}"):
             return
         o, t0 = self.opts, time.monotonic()
-        out = o.out / "finetune" / slug(prune)
-        say("fine-tune: ", plain=f"{prune}, {o.finetune_epochs} epoch(s) distilled from the dense model")
-        _, spec = finetune_transformed(dataclasses.replace(self.spec, prune=prune), o.data, out, o.finetune_epochs,
+        out = o.out / "finetune" / f"{slug(prune)}-{epochs}ep"
+        say("fine-tune: ", plain=f"{prune}, {epochs} epoch(s) distilled from the dense model")
+        _, spec = finetune_transformed(dataclasses.replace(self.spec, prune=prune), o.data, out, epochs,
                                        o.finetune_lr, split=o.report_split, val_fraction=o.val_fraction, seed=o.seed,
                                        holdout=o.holdout)
-        self.log.put("finetune", prune, weights=str(spec.checkpoint), epochs=o.finetune_epochs, lr=o.finetune_lr,
-                     seconds=time.monotonic() - t0)
+        self.log.put("finetune", f"{prune}#{epochs}", prune=prune, weights=str(spec.checkpoint), epochs=epochs,
+                     lr=o.finetune_lr, seconds=time.monotonic() - t0)
 
-    def finetune_seconds(self) -> float:
+    def finetune_seconds(self, epochs: int) -> float:
+        """About how long a fine-tune of ``epochs`` takes here (0 before the first one)."""
         done = self.log.of_kind("finetune")
-        return max(r["seconds"] for r in done) if done else 0.0
+        return max(r["seconds"] / r["epochs"] for r in done) * epochs if done else 0.0
 
     # --- latency ---------------------------------------------------------------------------
     def latencies(self) -> dict[str, dict[str, Any]]:
@@ -325,18 +332,20 @@ def walk_all(s: Search, lat: dict[str, dict[str, Any]]) -> dict[str, tuple[Candi
         nxt = next_finetune(s, lat, best)
         if nxt is None:
             break
-        need = s.finetune_seconds() or 0.0
+        need = s.finetune_seconds(nxt[1])
         if s.left() < need * 1.1 or s.left() <= 0:
             say("[yellow]time budget:[/] ", plain=f"{duration(max(0.0, s.left()))} left, a fine-tune takes about "
-                f"{duration(need)}: {nxt} is not fine-tuned")
+                f"{duration(need)}: {nxt[0]} is not fine-tuned for {nxt[1]} epochs")
             break
-        s.finetune(nxt)
+        s.finetune(*nxt)
         best = {fam: walk(s, fam, lat, best[fam]) for fam in s.opts.families}
     return best
 
 
 def tags(s: Search, prune: str | None) -> list[str]:
-    return ["base"] + (["ft"] if prune and s.log.get("finetune", prune) else [])
+    """The weights a transform has been scored or could be scored with: ``base``, then each fine-tune."""
+    done = sorted(r["epochs"] for r in s.log.of_kind("finetune") if r["prune"] == prune) if prune else []
+    return ["base"] + [f"ft{e}" for e in done]
 
 
 def walk(s: Search, fam: str, lat: dict[str, dict[str, Any]], best):
@@ -372,21 +381,24 @@ def escalate(s: Search, c: Candidate, tag: str, p: Paired) -> Paired:
     return p
 
 
-def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> str | None:
-    """The untuned transform with the fastest candidate that beats its runtime's best so far and
-    whose untuned miss a short fine-tune can plausibly recover."""
-    chosen = None
+def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> tuple[str, int] | None:
+    """(transform, epochs) for the fastest candidate that beats its runtime's best so far: a short
+    fine-tune when its untuned miss can plausibly be recovered, or one twice as long when the short
+    one left it within ``longer_finetune_pts`` of the budget."""
+    short, o = s.opts.finetune_epochs, s.opts
     for c in sorted((c for c in s.cands if c.prune and c.key in lat), key=lambda c: lat[c.key]["p50_ms"]):
         b = best.get(c.family)
         if b is not None and lat[c.key]["p50_ms"] >= lat[b[0].key]["p50_ms"]:
             continue
-        if s.log.get("finetune", c.prune):
+        twin = Candidate(c.prune, FAMILIES[c.family][0], c.family, None)
+        if not s.log.get("finetune", f"{c.prune}#{short}"):
+            if s.accuracy(twin, "base").budget_value(o.strict) - o.max_drop <= o.recoverable_pts:
+                return c.prune, short
             continue
-        miss = s.accuracy(Candidate(c.prune, FAMILIES[c.family][0], c.family, None), "base")
-        if miss.budget_value(s.opts.strict) - s.opts.max_drop <= s.opts.recoverable_pts:
-            chosen = c.prune
-            break
-    return chosen
+        if (o.longer_finetune_pts > 0 and not s.log.get("finetune", f"{c.prune}#{2 * short}")
+                and s.accuracy(twin, f"ft{short}").budget_value(o.strict) - o.max_drop <= o.longer_finetune_pts):
+            return c.prune, 2 * short
+    return None
 
 
 def best_text(s: Search, p: Paired) -> str:

@@ -70,6 +70,7 @@ class OptimizeSection:
     finetune_epochs: int = 2
     finetune_lr: float = 2e-4
     max_finetunes: int = 6
+    longer_finetune_pts: float = 2.0  # a fine-tuned miss within this gets one fine-tune twice as long
     split: str = "val"  # the split the search chooses on (held out from the checkpoint's training too)
     holdout: float | None = None  # with split holdout: the fraction of the training images set aside
     confirm_split: str | None = None  # also validate the winners here
@@ -261,7 +262,8 @@ def _optimize(recipe: Recipe, spec: ModelSpec) -> Path:
     run_optimize(spec, OptimizeOptions(
         targets=list(recipe.targets), data=d.source, out=Path(recipe.out), max_drop=o.max_drop, strict=o.strict,
         time_budget_min=o.time_budget_min, space=space, finetune_epochs=o.finetune_epochs,
-        finetune_lr=o.finetune_lr, max_finetunes=o.max_finetunes, split=o.split, holdout=o.holdout,
+        finetune_lr=o.finetune_lr, max_finetunes=o.max_finetunes, longer_finetune_pts=o.longer_finetune_pts,
+        split=o.split, holdout=o.holdout,
         confirm_split=o.confirm_split, val_fraction=d.val_fraction, seed=d.seed, calib_size=o.calib_size,
         rounds=o.rounds, iters=o.iters, threads=recipe.bench.threads))
     return Path(recipe.out)

@@ -39,7 +39,8 @@ def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
                 continue
             tag, *extra = rest.split("+")
             p = paired(s.dense_correct, unpack(rec["correct"], rec["n"]))
-            rows.append({**base, "weights": "fine-tuned" if tag == "ft" else "as given", "tag": tag,
+            rows.append({**base, "weights": "fine-tuned" if tag.startswith("ft") else "as given", "tag": tag,
+                         "finetune_epochs": int(tag[2:]) if tag.startswith("ft") else 0,
                          "int8_extra": extra, "meets_budget": s.meets(p), **_stat(p)})
             scored = True
         if not scored:
@@ -65,7 +66,7 @@ def recipe_for(s, c: Candidate, tag: str, extra: list[str]) -> dict[str, Any]:
     """A recipe (``edgevit run``) that rebuilds the winner from the original checkpoint: same
     transforms, the same fine-tune (seeded), the same target options."""
     spec, o = s.spec_rec, s.opts
-    fine = s.log.get("finetune", c.prune) if tag == "ft" else None
+    fine = s.log.get("finetune", f"{c.prune}#{tag[2:]}") if tag.startswith("ft") else None
     options = {"calib_size": o.calib_size, **TARGET_OPTIONS.get(c.target, {})} if c.int8 else {}
     for e in extra:
         options.update({"max_drop": o.max_drop} if e == "max_drop" else {"qat_epochs": o.qat_epochs})
@@ -122,7 +123,7 @@ def finish(s, lat: dict[str, dict[str, Any]], best) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "budget": {"max_drop_pts": o.max_drop, "strict": o.strict, "split": o.split, "images": len(s.images)},
         "cpu": {**cpu, "isa_label": isa_label(cpu["isa"])}, "families": o.families, "fronts": fronts,
-        "transforms": s.space, "finetunes": [{"prune": r["key"], "seconds": r["seconds"], "epochs": r["epochs"]}
+        "transforms": s.space, "finetunes": [{"prune": r["prune"], "seconds": r["seconds"], "epochs": r["epochs"]}
                                              for r in s.log.of_kind("finetune")],
         "winners": {}, "candidates": len({r["key"] for r in rows}), "rows": rows}
     write_json(o.out / "candidates.json", rows)
