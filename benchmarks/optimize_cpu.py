@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,19 +33,11 @@ CIFAR = SHARED_DATA / "cifar-10-batches-py"
 def head_to_head(paths: dict[str, Path], rounds: int, iters: int, warmup: int) -> dict[str, dict]:
     """Every artifact timed once per round, rounds interleaved; median p50 and the rounds' spread."""
     from edgevit.run.artifacts import bench_artifacts
+    from edgevit.run.optimize import median_of_rounds
 
-    per = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, p in paths.items():
-            per[k].append(bench_artifacts([p], reference=False, warmup=warmup, iters=iters)[0])
-    out = {}
-    for k, rs in per.items():
-        p50s = [r["p50_ms"] for r in rs]
-        med = statistics.median(p50s)
-        out[k] = {"p50_ms": med, "p90_ms": statistics.median(r["p90_ms"] for r in rs), "p50_ms_per_round": p50s,
-                  "round_spread_pct": 100 * (max(p50s) - min(p50s)) / med, "artifact": str(p),
-                  "runtime_precision": rs[0].get("runtime_precision")}
-    return out
+    per_round = [{k: bench_artifacts([p], reference=False, warmup=warmup, iters=iters)[0] for k, p in paths.items()}
+                 for _ in range(rounds)]
+    return {k: {**v, "artifact": str(paths[k])} for k, v in median_of_rounds(per_round).items()}
 
 
 def main() -> None:

@@ -277,7 +277,7 @@ class Search:
                 for row, (cand, _) in zip(timed, arts):
                     rows[cand.key] = {k: row[k] for k in ("p50_ms", "p90_ms", "runtime_precision") if k in row}
             self.log.put("latency-round", str(r), rows=rows, seconds=time.monotonic() - t0)
-        return summarize_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
+        return median_of_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
 
     def _latency_artifacts(self, prune: str | None, lat_prune: str | None) -> list[tuple[Candidate, Path]]:
         out = self.opts.out / "latency" / slug(lat_prune)
@@ -293,7 +293,7 @@ class Search:
         return [(c, out / "artifacts" / c.target) for c in cands]
 
 
-def summarize_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def median_of_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per candidate: the median over rounds of each round's p50 and p90, the rounds' p50s and their
     spread (100 × (max − min) / median), so every latency carries its own noise."""
     out = {}
@@ -400,6 +400,3 @@ def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> tuple[str,
             return c.prune, 2 * short
     return None
 
-
-def best_text(s: Search, p: Paired) -> str:
-    return p.text() + (" (95 % upper bound held to the budget)" if s.opts.strict else "")
