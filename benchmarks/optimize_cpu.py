@@ -33,7 +33,7 @@ CIFAR = SHARED_DATA / "cifar-10-batches-py"
 def head_to_head(paths: dict[str, Path], rounds: int, iters: int, warmup: int) -> dict[str, dict]:
     """Every artifact timed once per round, rounds interleaved; median p50 and the rounds' spread."""
     from edgevit.run.artifacts import bench_artifacts
-    from edgevit.run.optimize import median_of_rounds
+    from edgevit.run.search import median_of_rounds
 
     per_round = [{k: bench_artifacts([p], reference=False, warmup=warmup, iters=iters)[0] for k, p in paths.items()}
                  for _ in range(rounds)]

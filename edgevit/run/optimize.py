@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import numpy as np
 
 from .. import transforms
 from ..data import data_config, eval_transform, load_split, make_loader
-from ..errors import OptionError
 from ..eval.machine import cpu_facts
 from ..eval.stats import Paired, pack, paired, unpack
 from ..eval.validate import compare, torch_predict
@@ -37,78 +35,15 @@ from .search import (
     FAMILIES,
     TARGET_OPTIONS,
     Candidate,
+    OptimizeOptions,
     SearchLog,
     candidates,
     default_space,
-    family_of,
+    median_of_rounds,
     scale_prune,
     slug,
 )
 from .training import finetune_transformed, trained_spec
-
-
-@dataclass
-class OptimizeOptions:
-    targets: list[str]  # runtimes: openvino, onnx (their int8 targets are searched with them)
-    data: str  # labelled images: fine-tune (train part), calibration (train part), accuracy (split)
-    out: Path
-    max_drop: float = 1.0  # top-1 points below the dense float model
-    strict: bool = False  # hold the 95 % interval's upper bound to the budget, not the point estimate
-    time_budget_min: float | None = None  # the whole search, resumed parts included
-    space: list[str | None] | None = None  # transforms to try (None: the default space)
-    finetune_epochs: int = 2
-    finetune_lr: float = 2e-4
-    max_finetunes: int = 6
-    recoverable_pts: float = 8.0  # untuned misses beyond the budget by more than this are not fine-tuned
-    longer_finetune_pts: float = 2.0  # a fine-tuned miss within this gets one fine-tune twice as long (0: never)
-    qat_epochs: int = 1  # int8 candidates that miss by a little: QAT after the float-fallback try (0: never)
-    # The images the search chooses on: held out from the dense model's training as well as from the
-    # fine-tunes and calibration (both use the train split): val (a source's own val or test split,
-    # or the val_fraction carve). "holdout" sets aside a fraction of the training images instead,
-    # for a dense model that never trained on them; then confirm_split can validate on untouched images.
-    split: str = "val"
-    holdout: float | None = None
-    confirm_split: str | None = None  # the winners are also validated here, never used to choose
-    val_fraction: float = 0.2
-    seed: int = 0
-    calib_size: int = 128
-    latency_model: ModelSpec | None = None  # time this model instead (e.g. the deployment resolution)
-    rounds: int = 3
-    iters: int = 50
-    warmup: int = 10
-    threads: int | None = None
-    resume: bool = False
-    export_winners: bool = True
-    families: list[str] = field(init=False, default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-
-    def check(self) -> None:
-        self.families = list(dict.fromkeys(family_of(t) for t in self.targets))
-        if not self.families:
-            raise OptionError("no --target given", f"pass e.g. --target {','.join(FAMILIES)}")
-        for flag, value, low in (("--max-drop", self.max_drop, 0.0), ("--finetune-epochs", self.finetune_epochs, 0),
-                                 ("--rounds", self.rounds, 1), ("--iters", self.iters, 1),
-                                 ("--calib-size", self.calib_size, 1), ("--max-finetunes", self.max_finetunes, 0)):
-            if value < low:
-                raise OptionError(f"{flag} must be at least {low}, got {value}", f"pass {flag} {low} or more")
-        if self.time_budget_min is not None and self.time_budget_min <= 0:
-            raise OptionError(f"--time-budget must be positive, got {self.time_budget_min}",
-                              "pass minutes, e.g. --time-budget 60, or leave it out")
-        if self.confirm_split in (self.split, "holdout"):
-            raise OptionError(f"--confirm-split {self.confirm_split} is the split the search chooses on",
-                              "confirm on another split (e.g. test), or leave it out")
-        if self.split == "holdout" and not (self.holdout and 0.0 < self.holdout < 1.0):
-            raise OptionError(f"--split holdout needs --holdout in (0, 1), got {self.holdout}",
-                              "pass --holdout 0.2, or choose on another split (--split val)")
-
-    @property
-    def report_split(self) -> str:
-        """Where the winners are validated: the confirm split, else the split chosen on (test when
-        choosing on the holdout)."""
-        return self.confirm_split or ("test" if self.split == "holdout" else self.split)
-
 
 INT8_SLACK_PTS = 1.0  # int8 candidates are scored only when their float twin is this close to the budget
 
@@ -291,19 +226,6 @@ class Search:
                 targets=targets, out=out, exist_ok=True, bench=False, check_images=2, options=options))
             self.log.put("exported", slug(lat_prune), prune=lat_prune, seconds=time.monotonic() - t0)
         return [(c, out / "artifacts" / c.target) for c in cands]
-
-
-def median_of_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per candidate: the median over rounds of each round's p50 and p90, the rounds' p50s and their
-    spread (100 × (max − min) / median), so every latency carries its own noise."""
-    out = {}
-    for key in rounds[0]:
-        p50s = [r[key]["p50_ms"] for r in rounds if key in r]
-        med = float(np.median(p50s))
-        out[key] = {"p50_ms": med, "p90_ms": float(np.median([r[key]["p90_ms"] for r in rounds if key in r])),
-                    "p50_ms_per_round": p50s, "round_spread_pct": 100.0 * (max(p50s) - min(p50s)) / med,
-                    "runtime_precision": rounds[0][key].get("runtime_precision")}
-    return out
 
 
 def run_optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
