@@ -133,7 +133,9 @@ def test_winner_yaml_rebuilds_the_winner(setup, tmp_path):
     w = summary["winners"]["openvino"]
     recipe = load_recipe(o.out / "winner.yaml")
     assert recipe.model.prune == (None if w["candidate"].startswith("dense") else w["candidate"].split("|")[0])
-    r = recipe.__class__(**{**recipe.__dict__, "out": str(tmp_path / "rebuilt")})
+    from edgevit.run.recipe import BenchSection
+
+    r = recipe.__class__(**{**recipe.__dict__, "out": str(tmp_path / "rebuilt"), "bench": BenchSection(enabled=False)})
     run = run_recipe(r)
     target = w["candidate"].split("|")[1]
     a = json.loads((run / "results" / "validate.json").read_text())[target]
