@@ -8,7 +8,7 @@ from conftest import tiny_spec
 
 from edgevit import api
 from edgevit.data import data_config, eval_transform, load_split
-from edgevit.eval.validate import paired_drop_ci
+from edgevit.eval.stats import paired_drop_ci
 from edgevit.models import create_model
 from edgevit.run.artifacts import load_artifact
 from edgevit.run.export import ExportOptions

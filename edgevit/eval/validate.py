@@ -8,6 +8,7 @@ import torch
 
 from ..data import eval_transform, load_split, make_loader
 from ..progress import progress_bar
+from .stats import paired
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -50,42 +51,27 @@ def fidelity(art: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, 
     a, r = accuracy_row(art, labels), accuracy_row(ref, labels)
     agree = float((art.argmax(1) == ref.argmax(1)).mean() * 100.0)
     # Paired view of the difference: images only one of the two gets right.
-    art_ok, ref_ok = art.argmax(1) == labels, ref.argmax(1) == labels
+    p = paired(ref.argmax(1) == labels, art.argmax(1) == labels)
     return {
         "images": int(len(labels)),
         "top1": a["top1"], "top5": a["top5"],
         "float_top1": r["top1"], "float_top5": r["top5"],
         "top1_drop_pts": r["top1"] - a["top1"],
         "agreement_pct": agree,
-        "only_float_correct": int((ref_ok & ~art_ok).sum()),
-        "only_artifact_correct": int((art_ok & ~ref_ok).sum()),
-        "top1_drop_ci95_pts": paired_drop_ci(int((ref_ok & ~art_ok).sum()), int((art_ok & ~ref_ok).sum()),
-                                             len(labels)),
+        "only_float_correct": p.only_ref_correct,
+        "only_artifact_correct": p.only_candidate_correct,
+        "top1_drop_ci95_pts": list(p.ci95_pts),
         "max_abs_logit_diff": float(np.abs(art - ref).max()),
         "mean_abs_logit_diff": float(np.abs(art - ref).mean()),
     }
 
 
-def paired_drop_ci(only_ref: int, only_art: int, n: int, z: float = 1.959964) -> list[float]:
-    """95 % interval of the top-1 drop (points) of two models scored on the same ``n`` images, from the
-    images only one gets right (Agresti-Min 2005: a half image added to each discordant cell, so that
-    0 vs 0 discordant still gives an interval of honest width)."""
-    if n <= 0:
-        return [float("nan"), float("nan")]
-    b, c, m = only_ref + 0.5, only_art + 0.5, n + 2
-    d = (b - c) / m
-    se = max(0.0, (b + c) - (b - c) ** 2 / m) ** 0.5 / m
-    return [round(100 * (d - z * se), 3), round(100 * (d + z * se), 3)]
-
-
 def vs_dense(art: np.ndarray, dense: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """A pruned artifact against the dense model (no transforms, dense weights) on the same images."""
-    art_ok, dense_ok = art.argmax(1) == labels, dense.argmax(1) == labels
-    only_dense, only_art = int((dense_ok & ~art_ok).sum()), int((art_ok & ~dense_ok).sum())
-    dense_top1, top1 = float(100.0 * dense_ok.mean()), float(100.0 * art_ok.mean())
-    return {"dense_top1": dense_top1, "top1_drop_vs_dense_pts": dense_top1 - top1,
-            "top1_drop_vs_dense_ci95_pts": paired_drop_ci(only_dense, only_art, len(labels)),
-            "only_dense_correct": only_dense, "only_artifact_correct_vs_dense": only_art}
+    p = paired(dense.argmax(1) == labels, art.argmax(1) == labels)
+    return {"dense_top1": p.ref_top1, "top1_drop_vs_dense_pts": p.ref_top1 - p.top1,
+            "top1_drop_vs_dense_ci95_pts": list(p.ci95_pts),
+            "only_dense_correct": p.only_ref_correct, "only_artifact_correct_vs_dense": p.only_candidate_correct}
 
 
 def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module, data_cfg: dict,
