@@ -27,21 +27,25 @@ from .report.device import merge_device_results
 from .report.report import write_report
 from .run.artifacts import bench_artifacts, validate_artifacts
 from .run.export import ExportOptions, run_export
+from .run.lit import LitOptions, run_lit
 from .run.optimize import OptimizeOptions, run_optimize
 from .run.quickstart import Plan, quickstart_recipe
 from .run.recipe import Recipe, load_recipe, run_recipe, train_config
 from .run.training import run_pruned, run_training
+from .run.zeroshot import ZeroShotOptions, bake_only, run_zeroshot
 from .targets import OptionField, Target, get_target, option_fields, read_manifest
 from .targets import list_targets as _targets
 from .targets.tensorrt import TensorRtTarget
 from .targets.trt_engine import EngineOptions
 from .train.distill import DistillationError
 from .train.engine import TrainConfig
+from .train.lit import LitConfig
 
 __all__ = ["ModelSpec", "ExportOptions", "TrainConfig", "Recipe", "EngineOptions", "export", "quantize", "prune",
            "train", "distill", "validate", "bench", "report", "run", "quickstart", "build_engine", "models",
            "targets", "target_options", "load_recipe", "train_config", "INT8_TARGETS", "optimize",
-           "OptimizeOptions"]
+           "OptimizeOptions", "ZeroShotOptions", "zeroshot", "bake_zeroshot", "lit", "LitOptions",
+           "LitConfig"]
 
 INT8_TARGETS = ["openvino-int8", "onnx-int8", "tensorrt-int8"]
 
@@ -95,6 +99,26 @@ def optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
     ``opts.out`` and returns the summary; raises SearchError (after writing them) when a runtime has no
     candidate within budget, naming the best found."""
     return run_optimize(spec, opts)
+
+
+def zeroshot(zopts: ZeroShotOptions, opts: ExportOptions, prune: str | None = None) -> Path:
+    """Bake ``zopts`` (a CLIP/SigLIP/LiT model and a label set) into one classifier in ``opts.out/model``,
+    then :func:`export` it (``prune``: token transforms of a timm ViT tower). Class list and templates are
+    checked before any work, the weights as they load; the text embeddings are cached."""
+    return run_zeroshot(zopts, opts, prune)
+
+
+def bake_zeroshot(zopts: ZeroShotOptions, out: str | Path, exist_ok: bool = False) -> tuple[torch.nn.Module, ModelSpec]:
+    """Only bake: ``out/model/zeroshot.safetensors`` and the :class:`ModelSpec` that rebuilds it
+    (``ModelSpec("zeroshot_vit", checkpoint=that file)`` does too)."""
+    return bake_only(zopts, Path(out), exist_ok)
+
+
+def lit(tower: ModelSpec, opts: LitOptions) -> Path:
+    """LiT: lock the image classifier ``tower``, tune a small open_clip text tower contrastively on captions
+    from ``opts.data``'s class names × templates, save it as an open_clip folder (``opts.out/model``, which
+    :func:`zeroshot` bakes) and compare its zero-shot top-1 with the tower's own head. Returns the run dir."""
+    return run_lit(tower, opts)
 
 
 def validate(artifacts: Sequence[str | Path], data: str, split: str = "test", limit: int | None = None,

@@ -84,3 +84,7 @@ class OptionError(EdgeVitError):
 
 class OutputError(EdgeVitError):
     """An output path that cannot be created or written (permissions, disk full, name too long)."""
+
+
+class ZeroShotError(EdgeVitError):
+    """A bad class list or template, or a checkpoint that is not a usable two-tower (CLIP/SigLIP/LiT) model."""

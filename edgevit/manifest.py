@@ -61,6 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # again: some writers (safetensors) replace the file with a 0600 one
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

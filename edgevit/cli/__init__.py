@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import export, info, inspect, optimize, train
+from . import export, info, inspect, optimize, train, zeroshot
 from .common import friendly, print_error
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
          "Start offline with `edgevit quickstart`; export a model with "
          "`edgevit export --model deit_tiny --target openvino --checkpoint weights.pth --data val/`.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-for group in (info, inspect, export, optimize, train):
+for group in (info, inspect, export, optimize, train, zeroshot):
     group.register(app)
 
 __all__ = ["app", "main", "friendly", "print_error"]

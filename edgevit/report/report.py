@@ -190,6 +190,18 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return ["#"] + [h for _, h, _ in cols] + ["Pareto"], body
 
 
+def _classes_line(run: dict[str, Any], shown: int = 20) -> list[str]:
+    """A zero-shot classifier's labels (all of them in run.json and report.json)."""
+    names = run.get("classes")
+    if not names:
+        return []
+    more = f", … ({len(names) - shown} more in report.json)" if len(names) > shown else ""
+    zs = (run.get("model", {}).get("extra") or {}).get("zeroshot") or {}
+    src = zs.get("source", {}).get("model") or (run.get("zeroshot") or {}).get("model")
+    return [f"- classes ({len(names)}, zero-shot{f' from {src}' if src else ''}): "
+            + ", ".join(names[:shown]) + more]
+
+
 def _notes(data: dict[str, Any]) -> list[str]:
     return data.get("notes", []) + [DROP_NOTE + (DENSE_NOTE if _has_dense(data["rows"]) else "")]
 
@@ -202,7 +214,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# edgevit report: {run['model']['name']}", "",
              f"- command: `{run.get('command', '')}`", f"- created: {run.get('created')}",
              f"- data: {run.get('data') or '(none: no accuracy)'} ({run.get('split')})",
-             f"- input: {run['data_config']['input_size']}", *_prune_line(run),
+             f"- input: {run['data_config']['input_size']}", *_prune_line(run), *_classes_line(run),
              f"- {data.get('cpu') or cpu_line(data['rows'])}", ""]
     lines += [line for w in data.get("warnings", []) for line in (f"> **{w}**", "")]
     lines += [headline(data["rows"]), "", "![accuracy vs latency; points numbered as the # column](plot.png)", "",
@@ -250,6 +262,7 @@ def _facts_html(run: dict[str, Any], cpu: str) -> str:
     return "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in [
         ("model", f"{run['model']['name']} ({run.get('params', 0) / 1e6:.2f} M params)"),
         *([("token pruning", _prune_line(run)[0][len("- token pruning: "):])] if run.get("prune") else []),
+        *([("classes", _classes_line(run)[0][len("- classes "):])] if run.get("classes") else []),
         ("input", run["data_config"]["input_size"]), ("data", f"{run.get('data') or 'none'} / {run.get('split')}"),
         ("CPU", cpu.split(": ", 1)[-1]), ("command", run.get("command")), ("created", run.get("created")),
         ("versions", ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))])

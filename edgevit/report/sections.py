@@ -93,6 +93,8 @@ def recorded_cpu(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def cpu_line(rows: list[dict[str, Any]]) -> str:
     c = recorded_cpu(rows)
+    if c is None and not any("p50_ms" in r for r in rows):
+        return "CPU: no latency measured in this run (benchmark with `edgevit bench`)"
     if c is None:
         return "CPU: not recorded with these latency figures (benched by an older edgevit)"
     return f"CPU: {c.get('cpu') or '?'}, {c.get('cores') or '?'} cores, {isa_label(c.get('isa'))}"

@@ -167,13 +167,15 @@ def _run_record(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module, cf
            "targets": opts.targets, "options": opts.given(), "versions": library_versions(records), **opts.extra}
     if prune:
         run["prune"] = prune
+    if names := getattr(model, "class_names", None):  # a zero-shot classifier's labels, in output order
+        run["classes"] = list(names)
     write_json(opts.out / RUN_MANIFEST, run)
     return run
 
 
 def _export_all(run: dict[str, Any], opts: ExportOptions, model: torch.nn.Module, targets: list[Target],
                 sample: np.ndarray, float_logits: np.ndarray, int8: Int8Inputs) -> None:
-    base = {k: run[k] for k in ("edgevit", "command", "model", "params", "data_config", "versions", "prune")
+    base = {k: run[k] for k in ("edgevit", "command", "model", "params", "data_config", "versions", "prune", "classes")
             if k in run}
     given = opts.given()
     with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:

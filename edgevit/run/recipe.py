@@ -80,6 +80,18 @@ class OptimizeSection:
 
 
 @dataclass
+class ZeroShotSection:
+    """`edgevit zeroshot` as a recipe: bake these classes into this two-tower model, then the recipe's
+    export (model.prune, targets, options, data, bench). The model section's other fields do not apply."""
+    model: str = ""  # open_clip name, hf-hub:org/repo, or a local folder / config JSON
+    classes: object = None  # imagenet | cifar10 | a file | a list of names, in the data's label order
+    templates: object = "openai"  # openai | simple | photo | a file | a list, each with one {}
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    cache: bool = True
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -88,6 +100,7 @@ class Recipe:
     options: dict = field(default_factory=dict)  # target options by name (`edgevit targets --options`)
     bench: BenchSection = field(default_factory=BenchSection)
     optimize: OptimizeSection | None = None  # search instead of one export (`edgevit optimize`)
+    zeroshot: ZeroShotSection | None = None  # bake a CLIP/SigLIP/LiT model's class prompts first (`edgevit zeroshot`)
     out: str = "runs/run"
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,7 +187,7 @@ def _convert(hint, value, path: str, file: str, problems: _Problems | None = Non
 
 
 def _convert_one(hint, value, path: str, file: str, problems: _Problems):
-    sections = {ModelSection, DataSection, TrainConfig, BenchSection, OptimizeSection}
+    sections = {ModelSection, DataSection, TrainConfig, BenchSection, OptimizeSection, ZeroShotSection}
     args = getattr(hint, "__args__", ())
     inner = [a for a in args if a is not type(None)] if args else [hint]
     if value is None:
@@ -231,6 +244,8 @@ def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
                          validate_limit=d.limit,
                          bench=b.enabled, batch=b.batch, threads=b.threads, warmup=b.warmup, iters=b.iters,
                          options=dict(recipe.options), extra={"recipe": recipe.to_dict()})
+    if recipe.zeroshot is not None:
+        return _zeroshot(recipe, opts)
     if recipe.optimize is not None:
         return _optimize(recipe, spec)
     if recipe.model.finetune_epochs:
@@ -249,6 +264,24 @@ def run_recipe(recipe: Recipe, exist_ok: bool = False) -> Path:
     return train_then_export(spec, opts, lambda: run_training(
         spec, recipe.train, d.source, opts.out, split=d.split, val_fraction=d.val_fraction, seed=d.seed,
         exist_ok=True))
+
+
+def _zeroshot(recipe: Recipe, opts: ExportOptions) -> Path:
+    from .zeroshot import ZeroShotOptions, run_zeroshot
+
+    z = recipe.zeroshot
+    clash = [k for k, v in (("train", recipe.train), ("optimize", recipe.optimize),
+                            ("model.finetune_epochs", recipe.model.finetune_epochs)) if v]
+    if clash:
+        raise RecipeError(f"the recipe has a 'zeroshot' section and {', '.join(clash)}",
+                          "bake and export in one recipe; search or fine-tune the baked model "
+                          "(model: {name: zeroshot_vit, checkpoint: <run>/model/zeroshot.safetensors}) in another")
+    if not z.model or z.classes is None:
+        raise RecipeError("the 'zeroshot' section needs 'model' and 'classes'",
+                          "e.g. zeroshot: {model: ViT-B-32, classes: imagenet}")
+    zopts = ZeroShotOptions(model=z.model, classes=z.classes, templates=z.templates, checkpoint=z.checkpoint,
+                            pretrained=z.pretrained, cache=z.cache)
+    return run_zeroshot(zopts, opts, prune=recipe.model.prune)
 
 
 def _optimize(recipe: Recipe, spec: ModelSpec) -> Path:

@@ -48,7 +48,10 @@ class OnnxTarget(Target):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # fp16 graphs: ORT_ENABLE_ALL's CPU layout passes crash ORT 1.32 (a segfault creating the session) on
+        # nn.MultiheadAttention's fp16 graph (open_clip's towers); they speed up only fp32 NCHW work anyway
+        level = "ORT_ENABLE_EXTENDED" if self.precision == "fp16" else "ORT_ENABLE_ALL"
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -6,7 +6,6 @@ when ``pretrained=True`` and the machine is online.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import warnings
@@ -17,8 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .errors import CheckpointError, ModelError, OfflineError, describe
-from .manifest import sha256_file
+from ..errors import CheckpointError, ModelError, OfflineError, describe
+from ..manifest import sha256_file
+from .hub import _hub_offline, _looks_offline, hub_reachable
 
 __all__ = ["ModelEntry", "ModelSpec", "ModelTransform", "register", "list_models", "resolve", "create_model",
            "load_state_dict", "with_checkpoint_hash", "count_params", "hub_reachable",
@@ -156,6 +156,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.checkpoint:  # recorded absolute, so a run validates from any working directory
             self.checkpoint = os.path.abspath(os.path.expanduser(str(self.checkpoint)))
+        if self.name in ("zeroshot_vit", "zeroshot_clip") and "zeroshot" not in self.extra and self.checkpoint:
+            from .zeroshot import read_record  # a baked file carries its record: the spec becomes whole
+
+            if record := read_record(self.checkpoint):
+                self.extra = {**self.extra, "zeroshot": record}
 
     def check(self) -> None:
         """Sizes that cannot work, refused before any work (the model's own defaults are checked
@@ -207,8 +212,13 @@ def create_model(spec: ModelSpec, transforms: Sequence[ModelTransform] = ()) -> 
 
     entry = resolve(spec.name)
     use_hub = spec.pretrained and not spec.checkpoint
+    kwargs = spec.timm_kwargs()
+    if entry.timm_name in ("zeroshot_vit", "zeroshot_clip"):
+        from .zeroshot import baked_kwargs
+
+        kwargs = baked_kwargs(spec.checkpoint, kwargs)
     try:
-        model = timm.create_model(entry.timm_name, pretrained=False, **spec.timm_kwargs())
+        model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
     except TypeError as e:
         raise ModelError(f"model {spec.name!r} does not accept these options: {e}",
                          "drop --img-size/--patch-size or the extra option it names") from e
@@ -250,57 +260,6 @@ def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
             "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
             "or --no-pretrained for random weights (fine for latency, not for accuracy)",
         ) from e
-
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """Does the hub's host name resolve? (DNS fails at once on an offline machine.)"""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            ok.append(True)
-        except OSError:
-            ok.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok and ok[0])
-
-
-@contextlib.contextmanager
-def _hub_offline(on: bool):
-    """Put huggingface_hub in offline mode for the block (it reads HF_HUB_OFFLINE only at import)."""
-    if not on:
-        yield
-        return
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        yield
-        return
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
-
-
-def _looks_offline(e: BaseException) -> bool:
-    text = ""
-    keys = ("offline", "connection", "resolve", "network", "timed out", "timeout", "localentrynotfound",
-            "max retries", "name or service", "unreachable", "cannot find the requested files")
-    while e is not None:
-        text += f" {type(e).__name__} {e}".lower()
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return any(k in text for k in keys)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -393,3 +352,12 @@ def _resample_pos_embed(model: torch.nn.Module, state: dict) -> dict:
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _register_zeroshot() -> None:
+    from .zeroshot import register as _register
+
+    _register()
+
+
+_register_zeroshot()  # timm names, not zoo rows: they exist only as files `edgevit zeroshot` bakes
