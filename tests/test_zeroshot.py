@@ -280,3 +280,23 @@ def test_every_target_exports_a_baked_classifier(tmp_path, kind):
         assert mf["classes"] == CLASSES
         check = mf["check_vs_pytorch"]
         assert "skipped" in check or check["top1_agreement_pct"] >= 50, (t, check)
+
+
+def test_pruned_fine_tune_of_a_baked_classifier_keeps_its_record(tmp_path):
+    """A distilled fine-tune saves plain weights: the spec's record still rebuilds the zero-shot model."""
+    from conftest import write_cifar
+
+    from edgevit import api
+
+    cfg, ckpt = two_tower(tmp_path)
+    data = write_cifar(tmp_path / "cifar", n_train=80, n_test=10)
+    names = [f"c{i}" for i in range(10)]
+    _, baked = api.bake_zeroshot(api.ZeroShotOptions(model=str(cfg), checkpoint=str(ckpt), classes=names,
+                                                     templates="photo"), tmp_path / "bake")
+    spec = api.ModelSpec("zeroshot_vit", checkpoint=baked.checkpoint)  # the record comes from the file
+    run = api.prune(spec, "evit:0.5@1", api.ExportOptions(targets=["onnx"], out=tmp_path / "pruned", data=str(data),
+                                                          bench=False), finetune_epochs=1)
+    mf = json.loads((run / "artifacts" / "onnx" / "manifest.json").read_text())
+    assert mf["model"]["checkpoint"].endswith("weights.safetensors") and mf["classes"] == names
+    val = json.loads((run / "results" / "validate.json").read_text())["onnx"]
+    assert val["agreement_pct"] == 100.0 and "dense_top1" in val  # the baked dense model scored beside it
