@@ -48,13 +48,11 @@ MODELS = {  # small open_clip two-tower configs, random weights
 
 
 def imagenet_names() -> list[str]:
-    """open_clip's IMAGENET_CLASSNAMES with its two repeated names told apart (edgevit's built-in
-    ``imagenet`` set: 744 "projectile", 836 "sunglass"); as given, two pairs of classes tie exactly."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    """The names both sides encode: edgevit's built-in ``imagenet`` set, open_clip's IMAGENET_CLASSNAMES with
+    its two repeated names told apart (744 "projectile", 836 "sunglass"; as given, two pairs tie exactly)."""
+    from edgevit.models.prompts import BUILTIN_CLASSES
 
-    names = list(IMAGENET_CLASSNAMES)
-    names[744], names[836] = "projectile", "sunglass"
-    return names
+    return list(BUILTIN_CLASSES["imagenet"]())
 
 
 def open_clip_reference(cfg: dict, ckpt: Path, images, batch: int = 100):

@@ -126,7 +126,7 @@ def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
     import time
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("edgevit.models.hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr("edgevit.models.hub.hub_reachable", lambda timeout=5.0: False)
     t0 = time.perf_counter()
     with pytest.raises(OfflineError, match="cannot download"):
         create_model(ModelSpec("deit_tiny", pretrained=True, extra={"depth": 1}))

@@ -18,8 +18,8 @@ from .readers import Cifar, Digits, ImageFolder, Transformed, is_cifar, load_ima
 
 __all__ = [
     "Cifar", "Digits", "ImageFolder", "Transformed", "load_image", "read_cifar_batch",
-    "open_source", "load_split", "train_part", "check_classes", "split_indices", "data_config", "eval_transform",
-    "make_loader", "EMBEDDED",
+    "open_source", "load_split", "train_part", "check_classes", "class_count", "source_classes", "split_indices",
+    "data_config", "eval_transform", "make_loader", "EMBEDDED",
 ]
 
 EMBEDDED = "digits"
@@ -136,13 +136,24 @@ def load_split(source: str | Path, split: str, transform=None, val_fraction: flo
     return ds
 
 
+def class_count(ds: Dataset) -> int:
+    """The classes of a reader or a split of one: its class names, else its largest label + 1."""
+    names = getattr(ds, "classes", None)
+    return len(names) if names else int(max(ds.targets)) + 1
+
+
+def source_classes(source: str | Path, split: str) -> int:
+    """How many classes the labelled data ``source`` has (read from the reader of ``split``)."""
+    base, _ = open_source(source, split if split in ("train", "val", "test") else "all")
+    return class_count(base)
+
+
 def check_classes(source: str | Path, split: str, num_classes: int | None) -> None:
     """Refuse labelled data with more classes than the model predicts (its accuracy would count
     labels the model can never output)."""
     if not num_classes:
         return
-    base, _ = open_source(source, split if split in ("train", "val", "test") else "all")
-    n = len(base.classes) if getattr(base, "classes", None) else max(base.targets) + 1
+    n = source_classes(source, split)
     if n > num_classes:
         raise DataError(f"{source} has {n} classes but the model predicts {num_classes}",
                         f"pass --num-classes {n} with weights trained for them, or data of the model's classes")

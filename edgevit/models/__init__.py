@@ -18,7 +18,9 @@ import torch
 
 from ..errors import CheckpointError, ModelError, OfflineError, describe
 from ..manifest import sha256_file
-from .hub import _hub_offline, _looks_offline, hub_reachable
+from .hub import from_hub, hub_reachable
+from .zeroshot import NAMES as ZEROSHOT_NAMES
+from .zeroshot import baked_kwargs, read_record
 
 __all__ = ["ModelEntry", "ModelSpec", "ModelTransform", "register", "list_models", "resolve", "create_model",
            "load_state_dict", "with_checkpoint_hash", "count_params", "hub_reachable",
@@ -156,10 +158,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.checkpoint:  # recorded absolute, so a run validates from any working directory
             self.checkpoint = os.path.abspath(os.path.expanduser(str(self.checkpoint)))
-        if self.name in ("zeroshot_vit", "zeroshot_clip") and "zeroshot" not in self.extra and self.checkpoint:
-            from .zeroshot import read_record  # a baked file carries its record: the spec becomes whole
-
-            if record := read_record(self.checkpoint):
+        if self.name in ZEROSHOT_NAMES and "zeroshot" not in self.extra and self.checkpoint:
+            if record := read_record(self.checkpoint):  # a baked file carries its record: the spec becomes whole
                 self.extra = {**self.extra, "zeroshot": record}
 
     def check(self) -> None:
@@ -213,10 +213,8 @@ def create_model(spec: ModelSpec, transforms: Sequence[ModelTransform] = ()) -> 
     entry = resolve(spec.name)
     use_hub = spec.pretrained and not spec.checkpoint
     kwargs = spec.timm_kwargs()
-    if entry.timm_name in ("zeroshot_vit", "zeroshot_clip"):
-        from .zeroshot import baked_kwargs
-
-        kwargs = baked_kwargs(spec.checkpoint, kwargs)
+    if entry.timm_name in ZEROSHOT_NAMES:
+        kwargs = baked_kwargs(kwargs)
     try:
         model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
     except TypeError as e:
@@ -246,20 +244,10 @@ def create_model(spec: ModelSpec, transforms: Sequence[ModelTransform] = ()) -> 
 def _from_hub(entry: ModelEntry, spec: ModelSpec) -> torch.nn.Module:
     import timm
 
-    unreachable = os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable()
-    try:
-        with _hub_offline(unreachable):  # no host: use the local cache only, skip a minute of retries
-            return timm.create_model(entry.timm_name, pretrained=True, **spec.timm_kwargs())
-    except Exception as e:  # network errors come in many types (requests, urllib, hf_hub)
-        offline = unreachable or os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)
-        if not offline:
-            raise
-        raise OfflineError(
-            f"cannot download pretrained weights for {spec.name!r} ({entry.timm_name}): "
-            f"{describe(e)}",
-            "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
-            "or --no-pretrained for random weights (fine for latency, not for accuracy)",
-        ) from e
+    return from_hub(lambda: timm.create_model(entry.timm_name, pretrained=True, **spec.timm_kwargs()),
+                    f"cannot download pretrained weights for {spec.name!r} ({entry.timm_name})",
+                    "this machine looks offline: pass --checkpoint PATH to a local .pth/.safetensors file, "
+                    "or --no-pretrained for random weights (fine for latency, not for accuracy)")
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -23,12 +23,12 @@ from ..errors import CheckpointError, ModelError, OfflineError, ZeroShotError, d
 from ..manifest import atomic_path, sha256_file
 from ..progress import progress_bar, say
 from . import load_state_dict
-from .hub import _hub_offline, _looks_offline, hub_reachable
+from .hub import _hub_offline, _looks_offline, from_hub, hub_reachable
 from .prompts import Prompts, cache_dir, cache_key
 from .zeroshot import timm_trunk
 
 __all__ = ["TwoTower", "load_two_tower", "resolve_config", "build_two_tower", "check_two_tower_state",
-           "encode_classes", "embed_widths", "WEIGHTS_FILES"]
+           "encode_classes", "template_mean", "embed_widths", "WEIGHTS_FILES"]
 
 WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # a local-dir model's weights
 
@@ -193,16 +193,10 @@ def _preprocess(config: dict, overrides: dict) -> dict[str, Any]:
 def _from_hub(arch: str, tag: str | None) -> torch.nn.Module:
     import open_clip
 
-    unreachable = os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable()
-    try:
-        with _hub_offline(unreachable):
-            return open_clip.create_model(arch, pretrained=tag).eval()
-    except Exception as e:
-        if not (unreachable or os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)):
-            raise
-        raise OfflineError(f"cannot download the weights of {arch}{f' ({tag})' if tag else ''}: {describe(e)}",
-                           "this machine looks offline: pass --checkpoint PATH to a local open_clip checkpoint "
-                           "(.safetensors/.bin/.pt state dict)") from e
+    return from_hub(lambda: open_clip.create_model(arch, pretrained=tag).eval(),
+                    f"cannot download the weights of {arch}{f' ({tag})' if tag else ''}",
+                    "this machine looks offline: pass --checkpoint PATH to a local open_clip checkpoint "
+                    "(.safetensors/.bin/.pt state dict)")
 
 
 def load_two_tower(arch: str, checkpoint: str | Path | None = None, pretrained: str | None = None) -> TwoTower:
@@ -241,6 +235,13 @@ def load_two_tower(arch: str, checkpoint: str | Path | None = None, pretrained: 
                     checkpoint=str(path), checkpoint_sha256=digest)
 
 
+def template_mean(emb: torch.Tensor) -> torch.Tensor:
+    """Unit class embeddings [C, D] from the unit embeddings of each class's templates [C, T, D]: averaged,
+    then normalised again (open_clip's zero-shot recipe; LiT's history scores with it too)."""
+    emb = emb.mean(dim=1)
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
 @torch.no_grad()
 def _encode(tt: TwoTower, prompts: Prompts, batch_texts: int) -> torch.Tensor:
     per_step = max(1, batch_texts // len(prompts.templates))
@@ -250,8 +251,7 @@ def _encode(tt: TwoTower, prompts: Prompts, batch_texts: int) -> torch.Tensor:
             names = prompts.classes[i:i + per_step]
             texts = [t for c in names for t in prompts.texts(c)]
             emb = tt.model.encode_text(tt.tokenizer(texts), normalize=True).float()
-            emb = emb.reshape(len(names), len(prompts.templates), -1).mean(dim=1)  # open_clip's recipe
-            out.append(emb / emb.norm(dim=-1, keepdim=True))
+            out.append(template_mean(emb.reshape(len(names), len(prompts.templates), -1)))
             advance(len(names))
     return torch.cat(out)
 

@@ -3,8 +3,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Callable, TypeVar
 
-__all__ = ["hub_reachable"]
+from ..errors import OfflineError, describe
+
+__all__ = ["hub_reachable", "from_hub"]
+
+T = TypeVar("T")
+
+
+def from_hub(load: Callable[[], T], what: str, fix: str) -> T:
+    """``load()`` (a hub download) with huggingface_hub offline while the hub's host does not resolve
+    (the local cache at once, not a minute of retries); a failure that looks offline becomes one
+    :class:`OfflineError` ("``what``: its cause", ``fix``), any other propagates."""
+    unreachable = os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable()
+    try:
+        with _hub_offline(unreachable):
+            return load()
+    except Exception as e:  # network errors come in many types (requests, urllib, hf_hub)
+        if not (unreachable or os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(e)):
+            raise
+        raise OfflineError(f"{what}: {describe(e)}", fix) from e
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:

@@ -103,10 +103,9 @@ def zeroshot_model(zeroshot: dict[str, Any], num_classes: int, img_size: int | N
     if hasattr(visual, "trunk"):  # open_clip's TimmModel: the timm model itself, its head replaced
         model = visual.trunk
         model.head = ZeroShotHead(nn.Sequential(model.head, visual.head), width, num_classes, head_bias)
-        model.num_classes = num_classes
     else:
         model = ZeroShotCLIP(visual, ZeroShotHead(nn.Identity(), width, num_classes, head_bias))
-        model.num_classes = num_classes
+    model.num_classes = num_classes
     cfg = data_cfg(zeroshot["preprocess"])
     cfg["num_classes"] = num_classes
     model.pretrained_cfg = cfg
@@ -150,10 +149,10 @@ def read_record(checkpoint: str) -> dict[str, Any] | None:
         return None
 
 
-def baked_kwargs(checkpoint: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """timm kwargs of a baked classifier: its record from the spec, else from the baked file's metadata
-    (so ``--model zeroshot_vit --checkpoint <run>/model/zeroshot.safetensors`` is all a command needs)."""
-    record = kwargs.get("zeroshot") or (read_record(checkpoint) if checkpoint else None)
+def baked_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm kwargs of a baked classifier: its record (a ModelSpec reads it from the baked file's metadata,
+    so ``--model zeroshot_vit --checkpoint <run>/model/zeroshot.safetensors`` is all a command needs)."""
+    record = kwargs.get("zeroshot")
     if not record:
         raise ModelError("a zero-shot classifier is rebuilt from the file `edgevit zeroshot` baked",
                          "pass --checkpoint <run>/model/zeroshot.safetensors (written by edgevit zeroshot)")

@@ -196,8 +196,7 @@ def _classes_line(run: dict[str, Any], shown: int = 20) -> list[str]:
     if not names:
         return []
     more = f", … ({len(names) - shown} more in report.json)" if len(names) > shown else ""
-    zs = (run.get("model", {}).get("extra") or {}).get("zeroshot") or {}
-    src = zs.get("source", {}).get("model") or (run.get("zeroshot") or {}).get("model")
+    src = ((run.get("model", {}).get("extra") or {}).get("zeroshot") or {}).get("source", {}).get("model")
     return [f"- classes ({len(names)}, zero-shot{f' from {src}' if src else ''}): "
             + ", ".join(names[:shown]) + more]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data import EMBEDDED, data_config, eval_transform, load_split, make_loader
+from ..data import EMBEDDED, class_count, data_config, eval_transform, load_split, make_loader
 from ..errors import DataError, ModelError, ZeroShotError
 from ..eval.stats import paired
 from ..manifest import (
@@ -36,6 +36,7 @@ from ..models import ModelSpec, create_model, resolve
 from ..models.bake import bake
 from ..models.clip import build_two_tower, load_two_tower
 from ..models.prompts import Prompts
+from ..models.zeroshot import NAMES as ZEROSHOT_NAMES
 from ..progress import progress_bar, say, stdout_console, table
 from ..train.lit import LitConfig, caption_tokens, context_for, fit_lit, load_tokenizer, tower_features
 
@@ -70,7 +71,7 @@ class _Checked:
 
 
 def _check_tower(spec: ModelSpec) -> torch.nn.Module:
-    if spec.name in ("zeroshot_vit", "zeroshot_clip") or "zeroshot" in spec.extra:
+    if spec.name in ZEROSHOT_NAMES or "zeroshot" in spec.extra:
         raise ZeroShotError(f"{spec.name} is already a zero-shot classifier (it has no image tower of its own to lock)",
                             "pass the image classifier it was baked from, e.g. --model deit_tiny --checkpoint W")
     if spec.prune:
@@ -107,7 +108,7 @@ def _check(spec: ModelSpec, opts: LitOptions) -> _Checked:
     tf = eval_transform(dcfg)
     train_ds = load_split(opts.data, "train", tf, opts.val_fraction, opts.seed)
     eval_ds = load_split(opts.data, opts.split, tf, opts.val_fraction, opts.seed)
-    n_data = len(train_ds.classes) if train_ds.classes else int(max(train_ds.targets)) + 1
+    n_data = class_count(train_ds)
     prompts = Prompts.read(_class_names(opts.classes, train_ds.classes, opts.data), opts.config.templates)
     ctx = context_for(prompts.classes, prompts.templates, opts.config.context_length)
     head = int(getattr(tower, "num_classes", 0) or 0)

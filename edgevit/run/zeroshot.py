@@ -78,8 +78,6 @@ def run_zeroshot(zopts: ZeroShotOptions, opts: ExportOptions, prune: str | None 
     if opts.data:
         _check_class_count(opts.data, opts.split, len(prompts.classes))
     placeholder = ModelSpec("zeroshot_vit", num_classes=len(prompts.classes), prune=prune)
-    extra = {"zeroshot": {"classes": list(prompts.classes), "templates_from": prompts.templates_from,
-                          "model": zopts.model}}
 
     def make() -> tuple[torch.nn.Module, ModelSpec]:
         _, spec = bake_zeroshot(zopts, opts.out / "model", prompts)
@@ -87,7 +85,7 @@ def run_zeroshot(zopts: ZeroShotOptions, opts: ExportOptions, prune: str | None 
         model, _, _ = transforms.build_model(spec)  # from the saved weights: what every later stage rebuilds
         return model, spec
 
-    return train_then_export(placeholder, dataclasses.replace(opts, extra={**opts.extra, **extra}), make)
+    return train_then_export(placeholder, opts, make)
 
 
 def bake_only(zopts: ZeroShotOptions, out: Path, exist_ok: bool = False) -> tuple[torch.nn.Module, ModelSpec]:
@@ -103,10 +101,9 @@ def bake_only(zopts: ZeroShotOptions, out: Path, exist_ok: bool = False) -> tupl
 
 
 def _check_class_count(data: str, split: str, n: int) -> None:
-    from ..data import open_source
+    from ..data import source_classes
 
-    base, _ = open_source(data, split if split in ("train", "val", "test") else "all")
-    have = len(base.classes) if getattr(base, "classes", None) else max(base.targets) + 1
+    have = source_classes(data, split)
     if have != n:
         raise ZeroShotError(f"{data} has {have} classes but --classes names {n}",
                             "name the data's classes, in its label order (e.g. --classes cifar10 for CIFAR-10, "

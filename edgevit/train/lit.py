@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..data import make_loader, split_indices
 from ..errors import OptionError
+from ..models.clip import template_mean
 from ..progress import progress_bar
 
 __all__ = ["LitConfig", "multi_positive_infonce", "tower_features", "caption_tokens", "class_embeddings",
@@ -171,8 +172,7 @@ def class_embeddings(model: nn.Module, tokens: torch.Tensor, chunk: int = 512) -
     c, t, n = tokens.shape
     flat = tokens.reshape(c * t, n)
     emb = torch.cat([model.encode_text(flat[i:i + chunk], normalize=True) for i in range(0, len(flat), chunk)])
-    emb = emb.reshape(c, t, -1).mean(dim=1)
-    return F.normalize(emb, dim=-1)
+    return template_mean(emb.reshape(c, t, -1))
 
 
 @torch.no_grad()
