@@ -10,9 +10,10 @@ batches would not do: the reference model trained on them, which inflates its ac
 Latency: DeiT-Ti @224 (196 tokens; random weights, latency does not depend on them), batch 1, the
 same transforms (ToMe r scaled to 196 tokens). After the search, the winners' latency artifacts and
 the baselines (NNCF's default int8 on the dense model, dense ONNX Runtime fp32, dense OpenVINO fp32)
-are timed head to head in interleaved rounds; the ratios come from those rounds.
+are timed head to head in 200 short rounds (one run of each, a random order per round); each ratio is the
+median of the per-round ratios with its paired bootstrap 95 % interval (edgevit.eval.timing).
 
-    python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 5]
+    python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 200]
 """
 from __future__ import annotations
 
@@ -30,14 +31,15 @@ RUN = ROOT / "benchmarks" / "runs" / "optimize_cpu"
 CIFAR = SHARED_DATA / "cifar-10-batches-py"
 
 
-def head_to_head(paths: dict[str, Path], rounds: int, iters: int, warmup: int) -> dict[str, dict]:
-    """Every artifact timed once per round, rounds interleaved; median p50 and the rounds' spread."""
-    from edgevit.run.artifacts import bench_artifacts
-    from edgevit.run.search import median_of_rounds
+def head_to_head(paths: dict[str, Path], rounds: int) -> tuple[dict[str, dict], object]:
+    """Every artifact timed in the same short rounds (one run each, a random order per round): each
+    one's robust figure, and the paired ratios come from the returned RoundTimes."""
+    from edgevit.run.artifacts import bench_artifacts_timed
 
-    per_round = [{k: bench_artifacts([p], reference=False, warmup=warmup, iters=iters)[0] for k, p in paths.items()}
-                 for _ in range(rounds)]
-    return {k: {**v, "artifact": str(paths[k])} for k, v in median_of_rounds(per_round).items()}
+    rows, rt = bench_artifacts_timed(list(paths.values()), reference=False, warmup=20, iters=1, rounds=rounds)
+    rt.labels = list(paths)
+    return {k: {**{f: r[f] for f in ("p50_ms", "p90_ms", "estimate_ms", "runtime_precision")}, "artifact": str(p)}
+            for (k, p), r in zip(paths.items(), rows)}, rt
 
 
 def main() -> None:
@@ -48,7 +50,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=3e-4)
     ap.add_argument("--max-finetunes", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=5, help="head-to-head timing rounds")
+    ap.add_argument("--rounds", type=int, default=200, help="head-to-head rounds (one run of each per round)")
     ap.add_argument("--transforms", help="';'-separated transforms to search instead of the default space (a quick "
                     "smoke run: --transforms 'evit:0.5@1,4,7' --time-budget 5 --finetune-epochs 1)")
     ap.add_argument("--resume", action="store_true", help="continue a killed search in benchmarks/runs/optimize_cpu")
@@ -80,7 +82,11 @@ def main() -> None:
         row = next(r for r in summary["rows"] if r["n"] == w["row"])
         paths[f"winner {fam}"] = RUN / "latency" / slug(row["latency_prune"] if row["latency_prune"] != "dense"
                                                         else None) / "artifacts" / row["target"]
-    h2h = head_to_head(paths, args.rounds, 100, 20)
+    h2h, rt = head_to_head(paths, args.rounds)
+    keys = list(paths)
+    ratios = {f"{a} / {b}": rt.ratio(keys.index(a), keys.index(b)).to_dict()
+              for a, b in (("winner openvino", "nncf-default int8 dense"), ("winner onnx", "ort-fp32 dense"),
+                           ("nncf-default int8 dense", "openvino-fp32 dense")) if a in keys}
     rows = [{"part": "search candidate (search rounds, DeiT-Ti @224 latency, CIFAR val accuracy)", **r}
             for r in summary["rows"]]
     rows += [{"part": "head to head (DeiT-Ti @224, batch 1)", "variant": k, **v} for k, v in h2h.items()]
@@ -91,20 +97,25 @@ def main() -> None:
     def win(fam, key):
         return wins[fam][key] if fam in wins else float("inf")
 
-    ov = h2h["winner openvino"]["p50_ms"] if "openvino" in wins else float("inf")
-    ort = h2h["winner onnx"]["p50_ms"] if "onnx" in wins else float("inf")
+    rows += [{"part": "paired ratio (head to head, bootstrap 95 % interval)", "ratio_of": k, **v}
+             for k, v in ratios.items()]
+    ov = ratios.get("winner openvino / nncf-default int8 dense", {}).get("ratio", float("inf"))
+    ort = ratios.get("winner onnx / ort-fp32 dense", {}).get("ratio", float("inf"))
     checks = [
-        check("openvino_best_latency_vs_nncf_default_int8", ov / h2h["nncf-default int8 dense"]["p50_ms"], "<=", 0.45),
+        check("openvino_best_latency_vs_nncf_default_int8", ov, "<=", 0.45),
         check("openvino_best_top1_drop_vs_dense_pts", win("openvino", "drop_pts"), "<=", 1.0),
-        check("onnx_best_latency_vs_ort_fp32", ort / h2h["ort-fp32 dense"]["p50_ms"], "<=", 0.40),
+        check("onnx_best_latency_vs_ort_fp32", ort, "<=", 0.40),
         check("onnx_best_top1_drop_vs_dense_pts", win("onnx", "drop_pts"), "<=", 1.0),
         check("search_wall_minutes", search_min, "<=", 60.0),
     ]
     for k, v in h2h.items():
-        print(f"{k:<26} p50 {v['p50_ms']:7.2f} ms  spread {v['round_spread_pct']:5.1f} %")
+        print(f"{k:<26} estimate {v['estimate_ms']:7.2f} ms  p50 {v['p50_ms']:7.2f} ms")
+    for v in ratios.values():
+        print(v["text"])
     write_results(__file__, rows, checks, model=model_info, winners=wins, fronts=summary["fronts"],
                   budget=summary["budget"], cpu=summary["cpu"], finetunes=summary["finetunes"],
-                  search_seconds=summary["search_seconds"], whole_script_minutes=(time.monotonic() - t0) / 60,
+                  search_seconds=summary["search_seconds"],
+                  decisions=summary.get("decisions"), ratios=ratios, whole_script_minutes=(time.monotonic() - t0) / 60,
                   front_md=str((RUN / "front.md").relative_to(ROOT)))
     shutil.copy(RUN / "front.md", ROOT / "benchmarks" / "results" / "optimize_cpu.front.md")
     shutil.copy(RUN / "plot.png", ROOT / "benchmarks" / "results" / "optimize_cpu.plot.png")

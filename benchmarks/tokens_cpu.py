@@ -128,6 +128,8 @@ def main() -> None:
     checks = [
         check("evit07_speedup_vs_dense_openvino",
               lat[("dense", "openvino")]["p50_ms"] / lat[("evit:0.7", "openvino")]["p50_ms"], ">=", 1.35),
+        # one bar on every ISA class: int8 against int8 on the same CPU, both run by the same kernels, so the
+        # ratio follows the tokens removed rather than the instruction set
         check("best_pruned_int8_latency_vs_nncf_default_int8", best["p50_ms"] / peer if best else float("inf"),
               "<=", 0.6),
         check("evit07_finetuned_top1_drop_pts",

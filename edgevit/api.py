@@ -131,7 +131,9 @@ def validate(artifacts: Sequence[str | Path], data: str, split: str = "test", li
 def bench(artifacts: Sequence[str | Path], batch: int = 1, threads: int | None = None, warmup: int = 10,
           iters: int = 100, reference: bool = True, gpu: bool = True, rounds: int = 1) -> list[dict[str, Any]]:
     """Latency rows (p50/p90/p99, throughput, peak memory, size, noise, CPU), PyTorch eager first;
-    ``rounds`` > 1 times everything in interleaved rounds and reports the median of the rounds."""
+    ``rounds`` > 1 times everything in short interleaved rounds (random order) and adds each row's robust
+    ``estimate_ms`` and ``ratio_vs_first`` (paired ratio against the first row, bootstrap 95 % interval,
+    verdict: faster, slower or tied)."""
     return bench_artifacts([Path(a) for a in artifacts], batch=batch, threads=threads, warmup=warmup, iters=iters,
                            reference=reference, gpu=gpu, rounds=rounds)
 

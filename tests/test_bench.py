@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 
 from edgevit.eval.latency import peak_memory, summarize, time_fn
@@ -63,12 +65,17 @@ def test_rounds_interleave_load_once_and_take_medians():
             return lambda x: calls.append(name)
         return Subject(name, make, resident_mb=1.0 if name == "a" else 0.0)
 
-    rows = bench_rounds([subject("a", 1), subject("b", 2)], np.zeros((1, 3)), warmup=1, iters=2, rounds=3)
+    rows = bench_rounds([subject("a", 1), subject("b", 2)], np.zeros((1, 3)), warmup=1, iters=5, rounds=4)
     assert loads == ["a", "b"]  # each loaded once, reused across rounds
-    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # interleaved rounds
+    assert calls[:2] == ["a", "b"]  # loaded and warmed up, then the rounds
+    blocks = [calls[i:i + 6] for i in range(2, len(calls), 6)]  # one warm-up + 5 timed runs of one subject
+    assert len(blocks) == 8 and all(len(set(b)) == 1 for b in blocks)
+    rounds = [{b[0] for b in blocks[k:k + 2]} for k in range(0, 8, 2)]
+    assert all(r == {"a", "b"} for r in rounds)  # every round times both, in its own random order
+    assert len({blocks[k][0] for k in range(0, 8, 2)}) == 2  # (seed 0: not always the same one first)
     for r in rows:
-        assert r["rounds"] == 3 and r["runs"] == 6 and len(r["noise"]["rounds_p50_ms"]) == 3
-        assert r["p50_ms"] == float(np.median(r["noise"]["rounds_p50_ms"]))
+        assert r["rounds"] == 4 and r["runs"] == 20 and len(r["noise"]["rounds_p50_ms"]) == 4
+        assert r["p50_ms"] == float(np.median(r["noise"]["rounds_p50_ms"])) and r["estimate_ms"] >= 0
     assert rows[0]["peak_mem_mb"] >= 1.0  # what it held before loading is counted
 
 
@@ -83,11 +90,12 @@ def test_bench_artifacts_in_rounds_with_noise_cpu_and_eager_weights(tmp_path):
     from edgevit.run.export import ExportOptions, run_export
 
     run = run_export(tiny_spec(), ExportOptions(targets=["onnx"], out=tmp_path / "r", bench=False))
-    rows = bench_artifacts([run / "artifacts" / "onnx"], warmup=1, iters=3, rounds=2, gpu=False)
+    rows = bench_artifacts([run / "artifacts" / "onnx"], warmup=1, iters=5, rounds=2, gpu=False)
     assert [r["name"] for r in rows] == ["pytorch-eager", "onnx"]
+    assert rows[1]["ratio_vs_first"]["b"] == "pytorch eager" and rows[1]["ratio_vs_first"]["rounds"] == 2
     for r in rows:
         per = r["noise"]["rounds_p50_ms"]
-        assert len(per) == 2 and r["rounds"] == 2 and r["runs"] == 6
+        assert len(per) == 2 and r["rounds"] == 2 and r["runs"] == 10
         assert abs(r["p50_ms"] - float(np.median(per))) < 1e-12 and r["noise"]["round_spread_pct"] is not None
         assert isinstance(r["noise"]["noisy"], bool) and r["cpu"] == cpu_facts() and r["peak_mem_note"]
         assert r["speedup_vs_eager"] == rows[0]["p50_ms"] / r["p50_ms"]
@@ -102,3 +110,25 @@ def json_manifest(run):
     import json
 
     return json.loads((run / "artifacts" / "onnx" / "manifest.json").read_text())
+
+
+def test_bench_compare_prints_each_ratio_against_the_first_with_its_interval(tmp_path):
+    """`edgevit bench A B --compare`: B / A with its bootstrap interval and a verdict, no eager row."""
+    from conftest import tiny_spec
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+    from edgevit.run.export import ExportOptions, run_export
+
+    run = run_export(tiny_spec(), ExportOptions(targets=["onnx", "openvino"], out=tmp_path / "r", bench=False))
+    a, b = (str(run / "artifacts" / t) for t in ("onnx", "openvino"))
+    res = CliRunner().invoke(app, ["bench", a, b, "--compare", "--rounds", "30", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    assert "openvino / onnx = " in res.output and "over 30 rounds" in res.output and "95 % interval" in res.output
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [r["name"] for r in rows] == ["onnx", "openvino"]  # the first artifact is the baseline, no eager row
+    q = rows[1]["ratio_vs_first"]
+    assert q["ci95"][0] <= q["ratio"] <= q["ci95"][1] and q["verdict"] in ("faster", "slower", "tied")
+    assert rows[1]["runs"] == 30  # one run per round by default with --compare
+    bad = CliRunner().invoke(app, ["bench", a, "--compare"])
+    assert bad.exit_code == 2 and "two things to compare" in bad.output

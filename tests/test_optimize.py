@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_spec, write_cifar
 
+from edgevit.run import decide as D
 from edgevit.run import optimize as O
 from edgevit.run.recipe import load_recipe, run_recipe
 from edgevit.run.search import Candidate, SearchError, SearchLog, candidates, default_space, pareto, scale_prune
@@ -49,11 +50,22 @@ def test_search_times_every_candidate_first_and_picks_the_fastest_within_budget(
     assert max(i for i, k in enumerate(kinds) if k.startswith("latency-round:")) < first_acc
     rows = json.loads((o.out / "candidates.json").read_text())
     assert {r["key"] for r in rows} == {f"{p or 'dense'}|{t}" for p in SPACE for t in ("onnx", "onnx-int8")}
-    w = summary["winners"]["onnx"]
-    fastest = min(r["p50_ms"] for r in rows)
-    assert w["p50_ms"] == fastest  # a 100-point budget: the fastest candidate wins
+    w, d = summary["winners"]["onnx"], summary["decisions"]["onnx"]
+    # a 100-point budget: every candidate meets it, so the front (all that the search's rounds cannot call
+    # slower than the fastest) is re-timed head to head; among those tied on speed the smallest drop wins
+    assert d["contenders"][0].startswith(min(rows, key=lambda r: r["estimate_ms"])["key"] + "#")
+    assert d["winner_key"] == f"{w['candidate']}#base"
+    if len(d["contenders"]) == 1:  # the search's rounds called every other candidate slower
+        assert "no other candidate" in d["why"] and all(s is None for s in d["screening"])
+    else:
+        assert d["winner"] in d["tied"] and d["fastest"] in d["tied"]
+        tied_drops = [drop for k, drop in zip(d["contenders"], d["drops"]) if k in d["tied"]]
+        assert w["drop_pts"] == min(tied_drops)
+        for k, r in zip(d["contenders"], d["ratios_vs_fastest"]):
+            assert (k in d["tied"]) == (r["ci95"][0] <= 1.0 <= r["ci95"][1])
     assert (o.out / "plot.png").stat().st_size > 10_000 and (o.out / "winner.yaml").exists()
-    assert "Pareto front" in (o.out / "front.md").read_text()
+    front = (o.out / "front.md").read_text()
+    assert "Pareto front" in front and "Speed decision" in front and "÷ fastest [95 %]" in front
     assert (o.out / "winner-onnx" / "artifacts").is_dir()
 
 
@@ -248,4 +260,42 @@ def test_next_finetune_short_first_then_longer_for_a_near_miss(tmp_path):
     assert O.next_finetune(s, lat, {"onnx": None}) == ("evit:0.4", 4)  # 1 pt over after 2 epochs: twice as long
     log.put("finetune", "evit:0.4#4", prune="evit:0.4", epochs=4, seconds=20.0, weights="w")
     assert O.next_finetune(s, lat, {"onnx": None}) is None
-    assert O.tags(s, "evit:0.4") == ["base", "ft2", "ft4"]
+    assert D.tags(s, "evit:0.4") == ["base", "ft2", "ft4"]
+
+
+def test_decide_retimes_the_overlapping_front_and_gives_a_tie_to_the_smaller_drop(tmp_path, monkeypatch):
+    """Deterministic: screening rounds in the log, accuracy and the head-to-head faked."""
+    from types import SimpleNamespace
+
+    from test_timing import synthetic
+
+    from edgevit.eval.timing import RoundTimes
+    from edgevit.run.search import median_of_rounds
+
+    cands = [Candidate(p, "onnx", "onnx", p) for p in (None, "evit:0.5@1", "tome:2", "evit:0.4@1")]
+    log = SearchLog(tmp_path / "search.jsonl", {"x": 1}, resume=False)
+    ms = {None: [10, 10, 10], "evit:0.5@1": [9.9, 10.4, 10.2], "tome:2": [9.8, 10.3, 10.1], "evit:0.4@1": [20, 21, 19]}
+    rounds = [{c.key: {"p50_ms": ms[c.prune][r], "p90_ms": 1.0, "estimate_ms": ms[c.prune][r]} for c in cands}
+              for r in range(3)]
+    for r, rows in enumerate(rounds):
+        log.put("latency-round", str(r), rows=rows)
+    lat = median_of_rounds(rounds)
+    s = SimpleNamespace(cands=cands, log=log, opts=SimpleNamespace(out=tmp_path, threads=None))
+    drops = {None: 0.8, "evit:0.5@1": 0.2, "tome:2": 3.0, "evit:0.4@1": -1.0}  # tome misses a 1-point budget
+    monkeypatch.setattr(D, "first_meeting", lambda s, c: ("base", SimpleNamespace(drop_pts=drops[c.prune]))
+                        if drops[c.prune] <= 1.0 else None)
+    timed = []
+
+    def fake_timed(paths, **kw):
+        timed.append(paths)
+        return [{"p50_ms": 10.0}] * len(paths), RoundTimes(["?"] * len(paths), synthetic([10.0, 10.05], iters=1))
+
+    monkeypatch.setattr(D, "bench_artifacts_timed", fake_timed)
+    best, rec = D.decide(s, "onnx", lat, (cands[0], "base", SimpleNamespace(drop_pts=0.8)))
+    # evit:0.4 is clearly slower in the search's rounds, tome:2 misses the budget: neither is re-timed
+    assert rec["contenders"] == ["dense|onnx#base", "evit:0.5@1|onnx#base"]
+    assert [p.parent.parent.name for p in timed[0]] == ["dense", "evit0.5-1"]
+    assert rec["tied"] == rec["contenders"] and best[0] is cands[1]  # tied on speed: the smaller drop wins
+    assert "wins on accuracy" in rec["why"]
+    again, _ = D.decide(s, "onnx", lat, (cands[0], "base", SimpleNamespace(drop_pts=0.8)))
+    assert again[0] is cands[1] and len(timed) == 1  # resumed from the log: not re-timed

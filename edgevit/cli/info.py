@@ -71,29 +71,53 @@ def validate(
 
 
 def bench(
-    artifacts: List[Path] = typer.Argument(..., help="artifact directories"),
+    artifacts: List[Path] = typer.Argument(..., help="artifact directories (with --compare, the first is the baseline)"),
     batch: int = typer.Option(1), threads: Optional[int] = typer.Option(None, help="default: all cores"),
-    warmup: int = typer.Option(10), iters: int = typer.Option(100),
-    rounds: int = typer.Option(1, help="interleaved rounds (eager, a1, a2, ... then again): the median of the rounds' figures, and their spread in the noise column"),
-    reference: bool = typer.Option(True, help="include PyTorch eager as the reference row"),
+    warmup: int = typer.Option(10), iters: Optional[int] = typer.Option(None, help="timed runs (per round with --rounds above 1); default 100, or 1 with --compare"),
+    rounds: Optional[int] = typer.Option(None, help="short interleaved rounds, each in a random order, for paired ratios with 95 % intervals; default 1, or 200 with --compare"),
+    compare: bool = typer.Option(False, "--compare", help="print each artifact's latency ratio against the first, with its bootstrap 95 % interval and a verdict (faster, slower, or tied when the interval spans 1.0); leaves PyTorch eager out unless --reference"),
+    reference: Optional[bool] = typer.Option(None, "--reference/--no-reference", help="include PyTorch eager as the reference row (default: yes, except with --compare)"),
     gpu: bool = typer.Option(True, help="on a CUDA machine, add PyTorch GPU rows (fp32, fp16, fp16 + torch.compile)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
 ):
     """Latency of artifacts: warm-up, then p50/p90/p99, throughput, peak memory, size; PyTorch eager first.
 
-    On a CUDA machine the same table holds PyTorch on the GPU, ONNX Runtime's CUDA provider (with
-    onnxruntime-gpu installed) and TensorRT engines."""
+    Is B faster than A on this machine? Time them together, in many short rounds:
+
+        edgevit bench runs/a/artifacts/onnx runs/a/artifacts/onnx-int8 --compare
+
+    prints B / A with its paired 95 % interval (the rounds resampled, both subjects' runs of a round kept
+    together), so a busy neighbour slows both and cancels out; an interval that spans 1.0 is reported as
+    a tie, in words. On a CUDA machine the same table holds PyTorch on the GPU, ONNX Runtime's CUDA
+    provider (with onnxruntime-gpu installed) and TensorRT engines."""
     from .. import api
     from ..errors import OptionError
-    from ..eval.machine import cpu_facts, isa_label
 
-    if rounds < 1:
-        raise OptionError(f"--rounds must be at least 1, got {rounds}", "pass --rounds 3 (or leave it out)")
+    rounds = rounds if rounds is not None else (200 if compare else 1)
+    iters = iters if iters is not None else (1 if compare else 100)
+    reference = reference if reference is not None else not compare
+    if rounds < 1 or iters < 1:
+        raise OptionError(f"--rounds and --iters must be at least 1, got {rounds} and {iters}",
+                          "pass --rounds 200 --iters 1 (or leave them out)")
+    if compare and (len(artifacts) + reference < 2 or rounds < 2):
+        raise OptionError("--compare needs two things to compare and at least 2 rounds",
+                          "pass two or more artifact directories (or --reference) and --rounds 20 or more")
     rows = api.bench(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
                      reference=reference, gpu=gpu, rounds=rounds)
+    _bench_table(rows)
+    if compare or rounds > 1:
+        _ratio_lines(rows)
+    if json_out:
+        from ..manifest import write_json
+        write_json(json_out, rows)
+
+
+def _bench_table(rows: list) -> None:
+    from ..eval.machine import cpu_facts, isa_class, isa_label
+
     cpu = cpu_facts()
     t = table("row", "precision", "p50 ms", "p90 ms", "p99 ms", "img/s", "× eager", "peak MB", "size MB", "noise",
-              title=f"{cpu['cpu']}, {cpu['cores']} cores, {isa_label(cpu['isa'])}")
+              title=f"{cpu['cpu']}, {cpu['cores']} cores, {isa_label(cpu['isa'])} (class {isa_class(cpu['isa'])})")
     for r in rows:
         noise = r.get("noise") or {}
         spread = noise.get("round_spread_pct")
@@ -105,9 +129,23 @@ def bench(
     for r in rows:
         if (r.get("noise") or {}).get("noisy"):
             out.print(f"[yellow]warning:[/] {r['name']}: {r['noise']['why']}")
-    if json_out:
-        from ..manifest import write_json
-        write_json(json_out, rows)
+
+
+def _ratio_lines(rows: list) -> None:
+    """Each row's paired ratio against the first, with its interval and verdict in words."""
+    t = table("row", "estimate ms", f"÷ {rows[0]['name']}", "95 % interval", "verdict",
+              title="paired ratios (median of per-round ratios, rounds resampled for the interval)")
+    for r in rows[1:]:
+        q = r.get("ratio_vs_first")
+        if not q:
+            continue
+        verdict = {"tied": "[yellow]tied[/]", "faster": "[green]faster[/]", "slower": "[red]slower[/]"}[q["verdict"]]
+        t.add_row(r["name"], f"{r['estimate_ms']:.2f}", f"{q['ratio']:.3f}", f"[{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}]",
+                  verdict + (" (noisy)" if q["noisy"] else ""))
+    out.print(t)
+    for r in rows[1:]:
+        if r.get("ratio_vs_first"):
+            out.print(r["ratio_vs_first"]["text"], highlight=False)
 
 
 def report(run_dir: Path = typer.Argument(..., help="a run directory made by export/run/quickstart"),

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import describe
 from ..progress import progress_bar
+from .timing import RoundTimes, estimate, time_rounds
 
 
 def default_threads() -> int:
@@ -94,12 +95,16 @@ NOISY_SPREAD_PCT = 25.0  # rounds' medians this far apart: the machine's speed c
 PEAK_NOTE_LOAD = "resident memory added by loading and running it"
 PEAK_NOTE_EAGER = ("its parameters and buffers (resident before timing) plus the resident memory running "
                    "added: comparable with the artifacts' load-and-run figure")
+SHORT_ROUND = 5
 _ADVICE = "re-run on a quiet machine before trusting this figure"
 
 
 def summarize_rounds(times_per_round: Sequence[np.ndarray], batch: int) -> dict[str, Any]:
-    """:func:`summarize` of every run, with p50/p90/p99 the median over rounds of each round's figure."""
+    """:func:`summarize` of every run, with p50/p90/p99 the median over rounds of each round's figure
+    (rounds of at least ``SHORT_ROUND`` runs; shorter ones are pooled)."""
     row: dict[str, Any] = summarize(np.concatenate(list(times_per_round)), batch)
+    if min(len(t) for t in times_per_round) < SHORT_ROUND:  # short paired rounds: percentiles of every run
+        return {**row, "rounds": len(times_per_round)}
     per_round = np.array([np.percentile(t, [50, 90, 99]) for t in times_per_round])
     p50, p90, p99 = np.median(per_round, axis=0)
     row.update(p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), rounds=len(times_per_round))
@@ -111,13 +116,20 @@ def noise_facts(times_per_round: Sequence[np.ndarray]) -> dict[str, Any]:
 
     ``p90_over_p50`` (median over rounds of each), ``rounds_p50_ms``, ``round_spread_pct``
     (100 * (max - min) / median of the rounds' p50s; None with one round), ``noisy`` and ``why``
-    (in words, None when not noisy)."""
-    per_round = np.array([np.percentile(t, [50, 90]) for t in times_per_round])
-    p50s = [float(v) for v in per_round[:, 0]]
-    p50, p90 = np.median(per_round, axis=0)
+    (in words, None when not noisy). Rounds of fewer than ``SHORT_ROUND`` runs (the paired rounds of
+    :func:`~edgevit.eval.timing.time_rounds`) are pooled: their spread is a run's, not the machine's, so
+    ``round_spread_pct`` is None and the paired ratios' intervals say how far the figures can be trusted."""
+    if min(len(t) for t in times_per_round) < SHORT_ROUND:  # many short rounds: their runs are pooled
+        every = np.concatenate(list(times_per_round))
+        p50, p90 = np.percentile(every, [50, 90])
+        p50s, spread = [float(np.median(t)) for t in times_per_round], None
+    else:
+        per_round = np.array([np.percentile(t, [50, 90]) for t in times_per_round])
+        p50s = [float(v) for v in per_round[:, 0]]
+        p50, p90 = np.median(per_round, axis=0)
+        spread = (float(100.0 * (max(p50s) - min(p50s)) / np.median(p50s)) if len(p50s) > 1 and np.median(p50s) > 0
+                  else None)
     ratio = float(p90 / p50) if p50 > 0 else float("inf")
-    spread = (float(100.0 * (max(p50s) - min(p50s)) / np.median(p50s)) if len(p50s) > 1 and np.median(p50s) > 0
-              else None)
     reasons = []
     if ratio > NOISY_P90_OVER_P50:
         reasons.append(f"p90 is {ratio:.1f}x p50: the machine was busy while timing (other processes, CPU frequency)")
@@ -142,34 +154,51 @@ class Subject:
 
 
 def bench_rounds(subjects: Sequence[Subject], x: np.ndarray, warmup: int, iters: int, rounds: int = 1,
-                 min_seconds: float = 0.0) -> list[dict[str, Any]]:
-    """Time ``subjects`` in interleaved rounds (round 1: s1, s2...; round 2: s1, s2...), each round
-    ``warmup`` untimed then ``iters`` timed runs (and ``min_seconds``). Each subject loads once, in
-    round 1, under peak memory; with one round it is released before the next one loads."""
-    fns: list[Callable[[np.ndarray], Any] | None] = [None] * len(subjects)
+                 min_seconds: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`bench_rounds_timed`'s rows."""
+    return bench_rounds_timed(subjects, x, warmup, iters, rounds, min_seconds, seed)[0]
+
+
+def bench_rounds_timed(subjects: Sequence[Subject], x: np.ndarray, warmup: int, iters: int, rounds: int = 1,
+                       min_seconds: float = 0.0, seed: int = 0) -> tuple[list[dict[str, Any]], RoundTimes | None]:
+    """Time ``subjects``. One round: each loads (under peak memory), runs ``warmup`` untimed then ``iters``
+    timed runs (and ``min_seconds``) and is released before the next loads. Several rounds: all load
+    and warm up first, then :func:`~edgevit.eval.timing.time_rounds` times them in ``rounds`` short
+    rounds of ``iters`` runs, each round in a fresh random order; the rows then carry ``estimate_ms``
+    (the robust figure) and the :class:`RoundTimes` come back for paired ratios (None for one round)."""
+    fns: list[Callable[[], Any] | None] = [None] * len(subjects)
     times: list[list[np.ndarray]] = [[] for _ in subjects]
     peaks: list[float] = []
-    for k in range(rounds):
-        for i, s in enumerate(subjects):
-            label = s.label if rounds == 1 else f"{s.label} (round {k + 1}/{rounds})"
-            with torch_threads(s.torch_threads):
-                if k == 0:
-                    fn, t, peak = _load_and_time(s, x, warmup, iters, min_seconds, label)
-                    fns[i] = fn if rounds > 1 else None
-                    peaks.append(peak)
-                    del fn
-                else:
-                    t = time_fn(functools.partial(fns[i], x), warmup, iters, min_seconds, label)
-            times[i].append(t)
-    return [{**summarize_rounds(t, x.shape[0]), "peak_mem_mb": peak + s.resident_mb,
-             "peak_mem_note": s.peak_mem_note, "noise": noise_facts(t)}
+    for i, s in enumerate(subjects):
+        with torch_threads(s.torch_threads):
+            fn, t, peak = _load_and_time(s, x, warmup, iters if rounds == 1 else 0, min_seconds, s.label)
+        fns[i] = functools.partial(_in_threads, s.torch_threads, fn, x) if rounds > 1 else None
+        peaks.append(peak)
+        times[i].append(t)
+        del fn
+    rt = None
+    if rounds > 1:
+        rt = time_rounds(fns, [s.label for s in subjects], rounds=rounds, iters=iters, warmup=0,
+                         round_warmup=1 if iters > 1 else 0, seed=seed, label=f"{rounds} interleaved rounds")
+        times = [list(t) for t in rt.times]
+    rows = [{**summarize_rounds(t, x.shape[0]), "estimate_ms": estimate(np.asarray(t) if rounds > 1 else t[0][None]),
+             "peak_mem_mb": peak + s.resident_mb, "peak_mem_note": s.peak_mem_note, "noise": noise_facts(t)}
             for s, t, peak in zip(subjects, times, peaks)]
+    return rows, rt
+
+
+def _in_threads(n: int | None, fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+    with torch_threads(n):
+        return fn(x)
 
 
 def _load_and_time(s: Subject, x: np.ndarray, warmup: int, iters: int, min_seconds: float, label: str):
     with peak_memory() as mem:
         fn = s.make()
-        t = time_fn(functools.partial(fn, x), warmup, iters, min_seconds, label)
+        t = time_fn(functools.partial(fn, x), warmup, iters, min_seconds, label) if iters else np.zeros(0)
+        if not iters:  # warm-up only: the rounds time it
+            for _ in range(warmup):
+                fn(x)
     return fn, t, mem["peak_mb"]
 
 

@@ -55,3 +55,23 @@ def missing_int8_isa(isa: list[str] | None) -> str | None:
 
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+ISA_CLASSES = ("avx2", "avx-vnni", "avx512", "avx512-vnni", "amx")
+
+
+def isa_class(isa: list[str] | None) -> str:
+    """The class of CPU a latency figure belongs to, by the instructions that decide int8 and bf16 speed:
+    ``amx`` (AMX-INT8), ``avx512-vnni``, ``avx512`` (AVX-512 without VNNI), ``avx-vnni`` (AVX2 with
+    AVX-VNNI), ``avx2``; ``unknown`` where the instruction sets cannot be read. Figures of two classes
+    are never compared: int8 without VNNI is not faster than float."""
+    if isa is None:
+        return "unknown"
+    have = set(isa)
+    if "amx_int8" in have:
+        return "amx"
+    if "avx512f" in have:
+        return "avx512-vnni" if "avx512_vnni" in have else "avx512"
+    if "avx_vnni" in have:
+        return "avx-vnni"
+    return "avx2" if "avx2" in have else "unknown"

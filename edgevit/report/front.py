@@ -111,5 +111,25 @@ def front_markdown(rows: list[dict[str, Any]], fronts: dict[str, list[int]], sum
                        f"{c['only_dense_correct']} / {c['only_candidate_correct']} images only dense / "
                        "only it right.\n")
         out += [HEAD, *(_row(by_n[n]) for n in ns), ""]
+        out += _decision(summary.get("decisions", {}).get(fam))
     out += ["## Every candidate\n", HEAD, *(_row(r) for r in rows), ""]
     return "\n".join(out)
+
+
+def _decision(d: dict[str, Any] | None) -> list[str]:
+    """The head-to-head that chose the winner: each contender's figure, its paired ratio against the
+    fastest with the 95 % interval, and the tie rule's answer in words."""
+    if not d:
+        return []
+    out = ["### Speed decision\n"]
+    if not d.get("ratios_vs_fastest"):
+        return out + [f"{d['why']}.\n"]
+    out += [f"The front was re-timed head to head ({d['ratios_vs_fastest'][0]['rounds']} short rounds, random order); "
+            "candidates whose ratio's interval spans 1.0 are tied on speed, and the smallest drop among the tied "
+            "wins.\n", "| candidate | head-to-head ms | ÷ fastest [95 %] | speed | drop pts | chosen |",
+            "|---|---|---|---|---|---|"]
+    for key, est, r, drop in zip(d["contenders"], d["estimates_ms"], d["ratios_vs_fastest"], d["drops"]):
+        speed = "fastest" if key == d["fastest"] else ("tied" if key in d["tied"] else r["verdict"])
+        out.append(f"| {key} | {est:.2f} | {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {speed} | "
+                   f"{drop:+.2f} | {'**winner**' if key == d['winner'] else ''} |")
+    return out + ["", f"{d['why']}.\n"]

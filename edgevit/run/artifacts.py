@@ -12,8 +12,9 @@ import torch
 from .. import transforms
 from ..data import check_classes
 from ..errors import ArtifactError, EdgeVitError, ExportError, OptionError, describe
-from ..eval.latency import Subject, bench_rounds, bench_torch_gpu, default_threads, eager_info, eager_subject
+from ..eval.latency import Subject, bench_rounds_timed, bench_torch_gpu, default_threads, eager_info, eager_subject
 from ..eval.machine import cpu_facts
+from ..eval.timing import RoundTimes
 from ..eval.validate import validate_runners
 from ..manifest import RUN_MANIFEST, write_json
 from ..models import ModelSpec
@@ -130,13 +131,24 @@ def _weights_name(spec: ModelSpec | None) -> str:
 def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
                     threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
                     save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True,
-                    rounds: int = 1) -> list[dict[str, Any]]:
+                    rounds: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`bench_artifacts_timed`'s rows."""
+    return bench_artifacts_timed(paths, model, batch, threads, warmup, iters, reference, save_to, min_seconds, gpu,
+                                 rounds, seed)[0]
+
+
+def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
+                          threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
+                          save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True,
+                          rounds: int = 1, seed: int = 0) -> tuple[list[dict[str, Any]], RoundTimes | None]:
     """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads.
 
-    ``rounds`` > 1 times eager and the artifacts in interleaved rounds (each loaded once) and reports
-    the median over rounds of each round's percentiles; every row has ``noise`` (how far to trust it) and
-    ``cpu`` (the instruction sets). For pruned artifacts the eager row holds ``dense_eager``: the dense
-    model's eager row, timed in the same rounds.
+    ``rounds`` > 1 times eager and the artifacts in short interleaved rounds of ``iters`` runs, each round
+    in a random order (each loaded once): every row then has ``estimate_ms`` (the robust figure of
+    :mod:`edgevit.eval.timing`) and ``ratio_vs_first``, its paired ratio against the first row with the
+    bootstrap 95 % interval and a verdict in words, and the :class:`RoundTimes` come back beside the rows.
+    Every row has ``noise`` (how far to trust it) and ``cpu`` (the instruction sets). For pruned artifacts
+    the eager row holds ``dense_eager``: the dense model's eager row, timed in the same rounds.
 
     On a machine with a CUDA GPU (and ``gpu``), PyTorch on the GPU (fp32, fp16, fp16 + torch.compile)
     follows the reference; ONNX Runtime artifacts run on its CUDA provider where onnxruntime-gpu is
@@ -145,8 +157,9 @@ def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, bat
         raise OptionError(f"--rounds must be at least 1, got {rounds}", "pass --rounds 1 or more (e.g. 3)")
     threads = threads or default_threads()
     mfs = [read_manifest(p) for p in paths]
-    _same_model([mf for _, mf in mfs], paths)
-    size = mfs[0][1]["data_config"]["input_size"]
+    if reference:  # one eager reference: one float model
+        _same_model([mf for _, mf in mfs], paths)
+    size = _same_input([mf for _, mf in mfs], paths)
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     subjects, infos = [], []
     if reference:
@@ -161,9 +174,12 @@ def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, bat
         s, info = _artifact_subject(art_dir, mf, threads)
         subjects.append(s)
         infos.append(info)
-    rows = [{**info, **row} for info, row in zip(infos, bench_rounds(subjects, x, warmup, iters, rounds, min_seconds))]
-    for r in rows:
+    timed, rt = bench_rounds_timed(subjects, x, warmup, iters, rounds, min_seconds, seed)
+    rows = [{**info, **row} for info, row in zip(infos, timed)]
+    for i, r in enumerate(rows):
         r.update(r.pop("_loaded", {}))
+        if rt is not None:
+            r["ratio_vs_first"] = rt.ratio(i, 0).to_dict()
     if reference and gpu and torch.cuda.is_available():  # the GPU table: PyTorch fp32/fp16/compile beside the engines
         rows[1:1] = [r for r in bench_torch_gpu(model, x, warmup, iters, min_seconds) if "p50_ms" in r]
     for r in rows:
@@ -176,7 +192,7 @@ def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, bat
             break
     if save_to is not None:
         _merge_results(save_to / "results" / "bench.json", {r["name"]: r for r in rows})
-    return rows
+    return rows, rt
 
 
 def _artifact_subject(art_dir: Path, mf: dict[str, Any], threads: int) -> tuple[Subject, dict[str, Any]]:
@@ -207,6 +223,16 @@ def _same_model(manifests: list[dict[str, Any]], paths: list[Path]) -> dict[str,
             raise ArtifactError(f"{p} was exported from another model or preprocessing than {paths[0]}",
                                 "validate or bench the artifacts of one model at a time")
     return manifests[0]
+
+
+def _same_input(manifests: list[dict[str, Any]], paths: list[Path]) -> list[int]:
+    """Artifacts timed side by side (another model's, e.g. pruned against dense, is fine) take one input."""
+    size = manifests[0]["data_config"]["input_size"]
+    for mf, p in zip(manifests[1:], paths[1:]):
+        if mf["data_config"]["input_size"] != size:
+            raise ArtifactError(f"{p} takes input {mf['data_config']['input_size']}, {paths[0]} takes {size}",
+                                "time artifacts of one input size together")
+    return size
 
 
 def _merge_results(path: Path, new: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from ..progress import duration, say
 from ..transforms.base import TransformError
 from ..transforms.tokens import patch_tokens
 from .artifacts import bench_artifacts, load_artifact
+from .decide import decide, first_meeting
 from .export import ExportOptions, run_export
 from .search import (
     FAMILIES,
@@ -42,10 +43,9 @@ from .search import (
     median_of_rounds,
     scale_prune,
     slug,
+    speed,
 )
 from .training import finetune_transformed, trained_spec
-
-INT8_SLACK_PTS = 1.0  # int8 candidates are scored only when their float twin is this close to the budget
 
 
 class Search:
@@ -210,7 +210,8 @@ class Search:
                 timed = bench_artifacts([a for _, a in arts], reference=False, warmup=self.opts.warmup,
                                         iters=self.opts.iters, threads=self.opts.threads)
                 for row, (cand, _) in zip(timed, arts):
-                    rows[cand.key] = {k: row[k] for k in ("p50_ms", "p90_ms", "runtime_precision") if k in row}
+                    rows[cand.key] = {k: row[k] for k in ("p50_ms", "p90_ms", "estimate_ms", "runtime_precision")
+                                      if k in row}
             self.log.put("latency-round", str(r), rows=rows, seconds=time.monotonic() - t0)
         return median_of_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
 
@@ -242,7 +243,10 @@ def run_optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
         f"{len(s.images)} held-out images ({opts.split}); {cpu_facts()['cpu']}")
     lat = s.latencies()
     best = walk_all(s, lat)
-    return finish(s, lat, best)
+    decisions = {}
+    for fam in opts.families:  # re-time each runtime's front head to head; ties go to accuracy
+        best[fam], decisions[fam] = decide(s, fam, lat, best[fam])
+    return finish(s, lat, best, decisions)
 
 
 def walk_all(s: Search, lat: dict[str, dict[str, Any]]) -> dict[str, tuple[Candidate, str, Paired] | None]:
@@ -264,43 +268,16 @@ def walk_all(s: Search, lat: dict[str, dict[str, Any]]) -> dict[str, tuple[Candi
     return best
 
 
-def tags(s: Search, prune: str | None) -> list[str]:
-    """The weights a transform has been scored or could be scored with: ``base``, then each fine-tune."""
-    done = sorted(r["epochs"] for r in s.log.of_kind("finetune") if r["prune"] == prune) if prune else []
-    return ["base"] + [f"ft{e}" for e in done]
-
-
 def walk(s: Search, fam: str, lat: dict[str, dict[str, Any]], best):
-    """The fastest candidate of ``fam`` within budget, trying only those faster than ``best``."""
-    for c in sorted((c for c in s.cands if c.family == fam and c.key in lat), key=lambda c: lat[c.key]["p50_ms"]):
-        if best is not None and lat[c.key]["p50_ms"] >= lat[best[0].key]["p50_ms"]:
+    """The fastest candidate of ``fam`` within budget (by the search's rounds), trying only those faster
+    than ``best``."""
+    for c in sorted((c for c in s.cands if c.family == fam and c.key in lat), key=lambda c: speed(lat[c.key])):
+        if best is not None and speed(lat[c.key]) >= speed(lat[best[0].key]):
             return best
-        for tag in reversed(tags(s, c.prune)):
-            if c.int8 and s.left() <= 0 and not s.has_accuracy(c, tag):
-                continue  # float candidates take one PyTorch pass and are always scored; int8 ones need an export
-            if c.int8 and not s.has_accuracy(c, tag) and s.float_twin(c, tag).budget_value(s.opts.strict) > \
-                    s.opts.max_drop + INT8_SLACK_PTS:
-                continue  # its float twin misses by more than int8 noise: quantization will not win that back
-            p = s.accuracy(c, tag)
-            if not s.meets(p) and c.int8:
-                p = escalate(s, c, tag, p)
-            if s.meets(p):
-                return c, tag, p
+        hit = first_meeting(s, c)
+        if hit is not None:
+            return (c, *hit)
     return best
-
-
-def escalate(s: Search, c: Candidate, tag: str, p: Paired) -> Paired:
-    """An int8 candidate that misses while its float twin meets the budget: keep its most sensitive
-    layers float (``max_drop``), then QAT, while it misses by at most a point."""
-    twin = s.float_twin(c, tag)
-    tries = [{"max_drop": s.opts.max_drop}] + ([{"qat_epochs": s.opts.qat_epochs}] if s.opts.qat_epochs else [])
-    for extra in tries:
-        if not s.meets(twin) or p.budget_value(s.opts.strict) > s.opts.max_drop + 1.0 or s.left() <= 0:
-            break
-        p = s.accuracy(c, tag, extra)
-        if s.meets(p):
-            break
-    return p
 
 
 def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> tuple[str, int] | None:
@@ -308,9 +285,9 @@ def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> tuple[str,
     fine-tune when its untuned miss can plausibly be recovered, or one twice as long when the short
     one left it within ``longer_finetune_pts`` of the budget."""
     short, o = s.opts.finetune_epochs, s.opts
-    for c in sorted((c for c in s.cands if c.prune and c.key in lat), key=lambda c: lat[c.key]["p50_ms"]):
+    for c in sorted((c for c in s.cands if c.prune and c.key in lat), key=lambda c: speed(lat[c.key])):
         b = best.get(c.family)
-        if b is not None and lat[c.key]["p50_ms"] >= lat[b[0].key]["p50_ms"]:
+        if b is not None and speed(lat[c.key]) >= speed(lat[b[0].key]):
             continue
         twin = Candidate(c.prune, FAMILIES[c.family][0], c.family, None)
         if not s.log.get("finetune", f"{c.prune}#{short}"):

@@ -240,13 +240,21 @@ class OptimizeOptions:
 
 
 def median_of_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per candidate: the median over rounds of each round's p50 and p90, the rounds' p50s and their
-    spread (100 × (max − min) / median), so every latency carries its own noise."""
+    """Per candidate: the median over rounds of each round's p50, p90 and robust figure (``estimate_ms``:
+    the round's lower quartile, see :mod:`edgevit.eval.timing`), the rounds' p50s and their spread
+    (100 × (max − min) / median), so every latency carries its own noise."""
     out = {}
     for key in rounds[0]:
         p50s = [r[key]["p50_ms"] for r in rounds if key in r]
         med = float(np.median(p50s))
+        est = [r[key].get("estimate_ms", r[key]["p50_ms"]) for r in rounds if key in r]
         out[key] = {"p50_ms": med, "p90_ms": float(np.median([r[key]["p90_ms"] for r in rounds if key in r])),
+                    "estimate_ms": float(np.median(est)), "estimate_ms_per_round": est,
                     "p50_ms_per_round": p50s, "round_spread_pct": 100.0 * (max(p50s) - min(p50s)) / med,
                     "runtime_precision": rounds[0][key].get("runtime_precision")}
     return out
+
+
+def speed(lat: dict[str, Any]) -> float:
+    """The figure candidates are ranked by: the robust estimate (a search logged before it: the p50)."""
+    return lat.get("estimate_ms", lat["p50_ms"])

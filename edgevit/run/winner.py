@@ -113,7 +113,7 @@ def confirm(s, art: Path) -> Paired:
     return paired(res["dense"]["logits"].argmax(1) == y, res["art"]["logits"].argmax(1) == y)
 
 
-def finish(s, lat: dict[str, dict[str, Any]], best) -> dict[str, Any]:
+def finish(s, lat: dict[str, dict[str, Any]], best, decisions: dict[str, Any] | None = None) -> dict[str, Any]:
     o, t0 = s.opts, time.monotonic()
     rows = rows_of(s, lat, best)
     fronts = {fam: [r["n"] for r in pareto([(r["p50_ms"], r["drop_pts"], r) for r in rows
@@ -125,7 +125,8 @@ def finish(s, lat: dict[str, dict[str, Any]], best) -> dict[str, Any]:
         "cpu": {**cpu, "isa_label": isa_label(cpu["isa"])}, "families": o.families, "fronts": fronts,
         "transforms": s.space, "finetunes": [{"prune": r["prune"], "seconds": r["seconds"], "epochs": r["epochs"]}
                                              for r in s.log.of_kind("finetune")],
-        "winners": {}, "candidates": len({r["key"] for r in rows}), "rows": rows}
+        "winners": {}, "candidates": len({r["key"] for r in rows}), "rows": rows,
+        "decisions": {fam: d for fam, d in (decisions or {}).items() if d is not None}}
     write_json(o.out / "candidates.json", rows)
     front_plot(rows, fronts, o.out / "plot.png", title=f"edgevit optimize: {', '.join(o.families)} on {cpu['cpu']} "
                f"({isa_label(cpu['isa'])})", budget=o.max_drop)
@@ -144,6 +145,11 @@ def finish(s, lat: dict[str, dict[str, Any]], best) -> dict[str, Any]:
             write_recipe(o.out / "winner.yaml", recipe, note)
         win = {"candidate": c.key, "weights": row["weights"], "int8_extra": extra, "row": row["n"],
                "p50_ms": row["p50_ms"], "recipe": str(path), **_stat(p)}
+        d = summary["decisions"].get(fam)
+        if d and d.get("tied"):  # re-timed head to head: its figure there, and whether it won a tie on accuracy
+            i = d["contenders"].index(d["winner_key"])
+            win.update(head_to_head_ms=d["estimates_ms"][i], tied_with=[k for k in d["tied"] if k != d["winner_key"]],
+                       decision=d["why"])
         if o.export_winners:
             win.update(export_winner(s, c, tag, extra, recipe))
         summary["winners"][fam] = win
