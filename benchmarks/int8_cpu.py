@@ -5,13 +5,14 @@ images, evaluated on its 600 test images: float, openvino-int8, onnx-int8, tenso
 ONNX Runtime) and the peer, NNCF's default pipeline run directly
 (``nncf.quantize(ov_model, dataset, model_type=ModelType.TRANSFORMER)``), plus a calibrator sweep.
 Latency: the same variants of DeiT-Ti @224 (random weights: latency does not depend on their
-values), batch 1, calibrated on ../shared/data/imagenet-sample, interleaved over --rounds rounds.
+values), batch 1, calibrated on ../shared/data/imagenet-sample, in --rounds short rounds (one run
+of each, a random order per round), speedups as paired ratios with bootstrap 95 % intervals.
 Recovery: the same CIFAR model with activation outliers injected (a function-preserving rescale of
 LayerNorm channels against the next layer's weights, the pattern trained ViTs develop), where
 plain PTQ loses points, ``--max-drop 0.5`` keeps the most sensitive layers float, and
 ``--qat-epochs`` fine-tunes the fake-quantized model instead (NNCF, distilled from the float one).
 
-    python benchmarks/int8_cpu.py [--weights W.safetensors] [--epochs 10] [--qat-epochs 2] [--rounds 5]
+    python benchmarks/int8_cpu.py [--weights W.safetensors] [--epochs 10] [--qat-epochs 2] [--rounds 200]
 
 Without --weights the committed reference model is used (benchmarks/reference_model.py); without that
 file the model is trained here (CPU, --epochs) into benchmarks/runs/int8_cpu.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
@@ -147,8 +147,10 @@ def _acc_row(name: str, r: dict, run: Path, target: str | None = None) -> dict:
 
 
 def latency(rounds: int, iters: int, warmup: int) -> tuple[list[dict], dict]:
+    """Every variant in the same short rounds (random order); speedups are paired ratios against ORT fp32
+    with their bootstrap 95 % intervals (edgevit.eval.timing)."""
     from edgevit.models import ModelSpec, create_model
-    from edgevit.run.artifacts import bench_artifacts
+    from edgevit.run.artifacts import bench_artifacts_timed
 
     spec = ModelSpec("deit_tiny", pretrained=False)
     model = create_model(spec)
@@ -158,18 +160,16 @@ def latency(rounds: int, iters: int, warmup: int) -> tuple[list[dict], dict]:
     arts = [run / "artifacts" / t for t in ("onnx", "openvino-fp16", *INT8)] + [
         peer, static / "artifacts" / "onnx-int8"]
     names = ["onnx", "openvino-fp16", *INT8, "nncf-default", "onnx-int8 (static Q/DQ)"]
-    per_round = [bench_artifacts(arts, model, batch=1, warmup=warmup, iters=iters) for _ in range(rounds)]
+    timed, rt = bench_artifacts_timed(arts, model, batch=1, warmup=warmup, iters=iters, rounds=rounds)
     rows = []
     for i, name in enumerate(["pytorch-eager", *names]):
-        rs = [r[i] for r in per_round]
-        row = {k: v for k, v in rs[0].items() if k not in ("artifact", "name")}
-        for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "peak_mem_mb"):
-            row[key] = statistics.median(r[key] for r in rs)
-        row.update(part="latency (DeiT-Ti @224, batch 1)", variant=name, p50_ms_per_round=[r["p50_ms"] for r in rs])
+        row = {k: v for k, v in timed[i].items() if k not in ("artifact", "name")}
+        q = rt.ratio(1, i)  # ORT fp32 / this: the speedup, paired by round
+        row.update(part="latency (DeiT-Ti @224, batch 1)", variant=name, speedup_vs_ort_fp32=q.ratio,
+                   speedup_vs_ort_fp32_ci95=list(q.ci95), speedup_text=q.text())
         rows.append(row)
     by = {r["variant"]: r for r in rows}
-    for r in rows:
-        r["speedup_vs_ort_fp32"] = by["onnx"]["p50_ms"] / r["p50_ms"]
+    by["_timing"] = rt.context
     return rows, by
 
 
@@ -222,8 +222,8 @@ def main() -> None:
                     "reference model (benchmarks/reference/), else trained here")
     ap.add_argument("--epochs", type=int, default=10, help="CPU training epochs when --weights is not given")
     ap.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs in the recovery part")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=200, help="short latency rounds (one run of each, random order)")
+    ap.add_argument("--iters", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=20)
     args = ap.parse_args()
 
@@ -249,11 +249,13 @@ def main() -> None:
         print(f"{r['variant']:<40} top-1 {r['top1']:6.2f}  drop {r['top1_drop_pts']:+.2f}  agreement "
               f"{r['agreement_pct']:6.2f} %")
     for r in lat_rows:
-        print(f"{r['variant']:<40} p50 {r['p50_ms']:6.2f} ms  x{r['speedup_vs_ort_fp32']:.2f} vs ORT fp32  "
-              f"({r.get('runtime_precision')})")
+        lo, hi = r["speedup_vs_ort_fp32_ci95"]
+        print(f"{r['variant']:<40} {r['estimate_ms']:6.2f} ms  x{r['speedup_vs_ort_fp32']:.2f} [{lo:.2f}, {hi:.2f}] "
+              f"vs ORT fp32  ({r.get('runtime_precision')})")
     write_results(__file__, acc_rows + rec_rows + lat_rows, checks, model=model_info,
-                  nncf_default_vs_ours={"ours_p50_ms": lat["openvino-int8"]["p50_ms"],
-                                        "nncf_default_p50_ms": lat["nncf-default"]["p50_ms"]},
+                  nncf_default_vs_ours={"ours_estimate_ms": lat["openvino-int8"]["estimate_ms"],
+                                        "nncf_default_estimate_ms": lat["nncf-default"]["estimate_ms"]},
+                  timing=lat["_timing"],
                   max_drop_float_layers=rec["tensorrt-int8 --max-drop 0.5"]["float_layers"],
                   rounds=args.rounds, iters=args.iters,
                   retired_checks=[{"name": "openvino_int8_latency_vs_nncf_default",

@@ -65,7 +65,8 @@ def test_search_times_every_candidate_first_and_picks_the_fastest_within_budget(
             assert (k in d["tied"]) == (r["ci95"][0] <= 1.0 <= r["ci95"][1])
     assert (o.out / "plot.png").stat().st_size > 10_000 and (o.out / "winner.yaml").exists()
     front = (o.out / "front.md").read_text()
-    assert "Pareto front" in front and "Speed decision" in front and "÷ fastest [95 %]" in front
+    assert "Pareto front" in front and "Speed decision" in front
+    assert ("÷ fastest [95 %]" in front) == (len(d["contenders"]) > 1)
     assert (o.out / "winner-onnx" / "artifacts").is_dir()
 
 

@@ -2,13 +2,17 @@
 per subject, and the bootstrap 95 % interval of every paired ratio.
 
 The estimator. On a shared machine interference only ever *adds* time: another process takes the
-core, the caches are cold, the clock drops. So within one short round the fast runs are the
-machine's own speed and the slow tail is someone else's; and a whole round can be slow (a busy
-neighbour for a second or two). Each subject's figure is therefore the **median over rounds of each
-round's lower quartile** (``ROUND_QUANTILE`` = 25): the quartile drops the stalls inside a round, the
-median drops the rounds the machine was busy for. The minimum would be purer but rests on one lucky
-run; the median of all runs keeps every stall. ``benchmarks/latency_noise.py`` measures all four
-(min, q25, median, mean) quiet and beside a busy loop and records which moved least.
+core, the caches are cold, the clock drops. So each subject's figure is the **median over rounds of
+each round's lower quartile** (``ROUND_QUANTILE`` = 25): the quartile drops the stalls inside a
+round, the median drops the rounds the machine was busy for. The default rounds are as short as they
+go, one run of each subject (``edgevit bench --compare``, the search's head-to-head, the benchmarks),
+because what cancels interference best is pairing: A's and B's runs of a round are adjacent in time,
+so whatever slowed one slowed the other. Measured on DeiT-Ti @224 (ORT int8 / ORT fp32, a 2-core AVX-512
+VNNI machine, ``benchmarks/latency_noise.py``): with a busy loop on one core the one-run rounds kept
+the ratio within a few per cent of its quiet value with an interval of about ±3 %, where four-run
+rounds (any per-round figure: min, q25, median or mean) gave intervals about twice as wide, and the
+protocol used before (3 rounds of 100 runs, ratio of the rounds' medians) has no interval at all and
+moved the most between runs.
 
 The paired ratio. Subjects A and B run in the same rounds, one after the other in a random order, so
 a slow round slows both: the ratio of A's and B's figures *within a round* cancels it. The ratio is the

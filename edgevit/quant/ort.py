@@ -2,9 +2,10 @@
 
 Forms (what each int8 target builds from the float ONNX):
 
-* ``ort-dynamic`` (``onnx-int8``): ONNX Runtime's dynamic quantization of MatMul/Gemm, signed int8
-  weights per output channel, activations quantized per batch at run time. About 1.6x ORT fp32 on
-  DeiT-Ti @224 here; it is the default because it needs no calibration and holds for any input
+* ``ort-dynamic`` (``onnx-int8``): ONNX Runtime's dynamic quantization of MatMul/Gemm (and of its fused
+  Attention, as QAttention, in a graph made with ``ort_fusion``), signed int8 weights per output
+  channel, activations quantized per batch at run time. About 1.6x ORT fp32 on DeiT-Ti @224 here;
+  it is the default because it needs no calibration and holds for any input
   distribution.
 * ``ort-static`` (``onnx-int8`` with ``form=static``): Q/DQ with calibrated ranges, uint8
   activations, int8 per-channel weights, Q/DQ on layer inputs only. As fast as dynamic within
@@ -33,12 +34,15 @@ import numpy as np
 from ..graph import external_data_facts, has_external_data
 from .config import INT8_OPS, NORM_OPS, QuantConfig, QuantizationError, calibrator_for, is_head, pretty
 
+# what the dynamic form quantizes: Attention is ONNX Runtime's fused op (onnx-int8 --ort-fusion), made QAttention
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")
+
 
 def onnx_layers(onnx_path: Path, cfg: QuantConfig, with_conv: bool = True) -> list[str]:
     """Names of the nodes an ORT form quantizes, in graph order (head excluded unless asked)."""
     import onnx
 
-    ops = set(INT8_OPS) if with_conv else {"MatMul", "Gemm"}
+    ops = set(INT8_OPS) if with_conv else set(DYNAMIC_OPS)
     nodes = [n for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type in ops]
     return [n.name for n in nodes if cfg.quantize_head or not is_head(n.name)]
 
@@ -91,7 +95,7 @@ def quantize_onnx(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | Non
     try:
         if form == "ort-dynamic":
             quantize_dynamic(onnx_fp32, dst, weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
-                             nodes_to_quantize=quantize, op_types_to_quantize=["MatMul", "Gemm"],
+                             nodes_to_quantize=quantize, op_types_to_quantize=list(DYNAMIC_OPS),
                              extra_options={"MatMulConstBOnly": False}, use_external_data_format=large)
             return {**facts, **external_data_facts(dst), "activations": "dynamic per batch (uint8)",
                     "weights": "int8 per-channel" if cfg.per_channel else "int8 per-tensor", "calibrator": None}

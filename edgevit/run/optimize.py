@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import transforms
 from ..data import data_config, eval_transform, load_split, make_loader
@@ -223,8 +224,10 @@ class Search:
             t0 = time.monotonic()
             options = {"calib": self.opts.data, "calib_size": 8}
             options.update({k: v for t in targets for k, v in TARGET_OPTIONS.get(t, {}).items()})
-            run_export(dataclasses.replace(self.lat_spec, prune=lat_prune), ExportOptions(
-                targets=targets, out=out, exist_ok=True, bench=False, check_images=2, options=options))
+            with torch.random.fork_rng():  # one seeded set of weights (latency only): a run that can be repeated
+                torch.manual_seed(self.opts.seed)
+                run_export(dataclasses.replace(self.lat_spec, prune=lat_prune), ExportOptions(
+                    targets=targets, out=out, exist_ok=True, bench=False, check_images=2, options=options))
             self.log.put("exported", slug(lat_prune), prune=lat_prune, seconds=time.monotonic() - t0)
         return [(c, out / "artifacts" / c.target) for c in cands]
 
