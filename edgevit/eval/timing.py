@@ -1,18 +1,18 @@
 """Speed decisions that hold on a shared, noisy CPU: many short rounds in random order, a robust figure
 per subject, and the bootstrap 95 % interval of every paired ratio.
 
-The estimator. On a shared machine interference only ever *adds* time: another process takes the
-core, the caches are cold, the clock drops. So each subject's figure is the **median over rounds of
-each round's lower quartile** (``ROUND_QUANTILE`` = 25): the quartile drops the stalls inside a
-round, the median drops the rounds the machine was busy for. The default rounds are as short as they
-go, one run of each subject (``edgevit bench --compare``, the search's head-to-head, the benchmarks),
-because what cancels interference best is pairing: A's and B's runs of a round are adjacent in time,
-so whatever slowed one slowed the other. Measured on DeiT-Ti @224 (ORT int8 / ORT fp32, a 2-core AVX-512
-VNNI machine, ``benchmarks/latency_noise.py``): with a busy loop on one core the one-run rounds kept
-the ratio within a few per cent of its quiet value with an interval of about ±3 %, where four-run
-rounds (any per-round figure: min, q25, median or mean) gave intervals about twice as wide, and the
-protocol used before (3 rounds of 100 runs, ratio of the rounds' medians) has no interval at all and
-moved the most between runs.
+The estimator. On a shared machine interference only ever *adds* time: another process takes the core,
+the caches are cold, the clock drops. So each subject's figure is the **median over rounds of each
+round's lower quartile** (``ROUND_QUANTILE`` = 25): the quartile drops the stalls inside a round, the
+median drops the rounds the machine was busy for. The default rounds are as short as they go, one run of
+each subject (``edgevit bench --compare``, the search's head-to-head, the benchmarks), because what
+cancels interference best is pairing: A's and B's runs of a round are adjacent in time, so whatever
+slowed one slowed the other. Measured on DeiT-Ti @224 (ORT int8 / ORT fp32, a 2-core AVX-512 VNNI
+machine, ``benchmarks/latency_noise.py``, ``benchmarks/results/latency_noise.json``): with a busy loop
+on one core, the one-run rounds moved the ratio 10.6 % from its quiet value, with intervals of ±5.6-10.1
+%. Four-run rounds, whatever the per-round figure (min, q25, median, mean), moved it 17-32 %. The
+protocol used before (3 rounds of 100 runs, ratio of the rounds' medians) moved it 13.7 % and gave no
+interval at all.
 
 The paired ratio. Subjects A and B run in the same rounds, one after the other in a random order, so
 a slow round slows both: the ratio of A's and B's figures *within a round* cancels it. The ratio is the
@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from .machine import cpu_facts, isa_class
 
 ROUND_QUANTILE = 25.0  # each round's figure: its lower quartile (see the module's docstring)
-PER_ROUND = {"min": 0.0, "q25": 25.0, "median": 50.0}  # the figures benchmarks/latency_noise.py compares
+PER_ROUND = {"min": 0.0, "q25": ROUND_QUANTILE, "median": 50.0}  # the figures benchmarks/latency_noise.py compares
 BOOTSTRAP = 2000
 NOISY_HALFWIDTH_PCT = 10.0  # a ratio known no better than ±10 % is called noisy in words
 

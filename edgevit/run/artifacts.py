@@ -178,8 +178,8 @@ def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = Non
     rows = [{**info, **row} for info, row in zip(infos, timed)]
     for i, r in enumerate(rows):
         r.update(r.pop("_loaded", {}))
-        if rt is not None:
-            r["ratio_vs_first"] = rt.ratio(i, 0).to_dict()
+        if rt is not None:  # paired against the first row; threads, affinity and load while timing
+            r.update(ratio_vs_first=rt.ratio(i, 0).to_dict(), timing=rt.context)
     if reference and gpu and torch.cuda.is_available():  # the GPU table: PyTorch fp32/fp16/compile beside the engines
         rows[1:1] = [r for r in bench_torch_gpu(model, x, warmup, iters, min_seconds) if "p50_ms" in r]
     for r in rows:
