@@ -4,7 +4,8 @@ busy loop, and the stability of the search's choice among its five fastest candi
 1. ORT int8 / ORT fp32 (DeiT-Ti @224, batch 1, random weights: latency does not depend on them), timed
    quiet and with `python3 -c "while True: pass"` running on one core beside it. Each protocol is
    measured in both conditions, interleaved (quiet, busy, quiet, busy): edgevit's (many one-run rounds
-   in random order, median of per-round ratios, paired bootstrap interval), the same with four-run
+   in random order, median of per-round ratios, paired bootstrap interval, 200 rounds and then more
+   until the interval is within ±5 %, at most 800), the same run's first 200 rounds alone, the same with four-run
    rounds and each per-round figure (min, lower quartile, median, mean), and the protocol edgevit used
    before (3 rounds of 100 runs, ratio of the medians of the rounds' p50s).
 2. The five fastest candidates of `edgevit optimize`'s default space for each runtime (OpenVINO and
@@ -34,6 +35,8 @@ from _common import ROOT, SHARED_DATA, check, write_results  # noqa: E402
 RUN = ROOT / "benchmarks" / "runs" / "latency_noise"
 OPT = ROOT / "benchmarks" / "runs" / "optimize_cpu" / "latency"
 IMAGENET = SHARED_DATA / "imagenet-sample"
+PRECISION_PCT = 5.0  # edgevit's default with --compare and in the search's head-to-head
+EDGEVIT = f"edgevit: one-run rounds until ±{PRECISION_PCT:g} % (at most 4x), median of paired ratios"
 FAMILIES = {"openvino": ("openvino", "openvino-int8"), "onnx": ("onnx", "onnx-int8")}
 
 
@@ -76,11 +79,14 @@ def runners(paths: list[Path]):
 
 def protocols(fns, rounds: int, seed: int) -> dict[str, dict]:
     """int8 / fp32 by each protocol (fns = [int8, fp32])."""
-    from edgevit.eval.timing import time_rounds
+    from edgevit.eval.timing import RoundTimes, time_rounds
 
     out = {}
-    rt = time_rounds(fns, ["int8", "fp32"], rounds=rounds, iters=1, warmup=10, round_warmup=0, seed=seed)
-    out["edgevit: one-run rounds, median of paired ratios"] = {**rt.ratio(0, 1).to_dict(), "context": rt.context}
+    rt = time_rounds(fns, ["int8", "fp32"], rounds=rounds, iters=1, warmup=10, round_warmup=0, seed=seed,
+                     precision_pct=PRECISION_PCT)
+    out[EDGEVIT] = {**rt.ratio(0, 1).to_dict(), "context": rt.context}
+    fixed = RoundTimes(rt.labels, rt.times[:, :rounds])  # the same run's first rounds: the fixed-count protocol
+    out[f"one-run rounds, fixed at {rounds}, median of paired ratios"] = fixed.ratio(0, 1).to_dict()
     rt4 = time_rounds(fns, ["int8", "fp32"], rounds=max(2, rounds // 4), iters=4, warmup=2, round_warmup=1,
                       seed=seed + 1)
     for fig in ("min", "q25", "median", "mean"):
@@ -149,11 +155,13 @@ def choice_part(repeats: int, rounds: int) -> tuple[list[dict], dict]:
         rows.append({"part": f"screening, {fam}", "estimates_ms": screen, "five_fastest": keys})
         picks = []
         for k in range(repeats):
-            _, rt = bench_artifacts_timed(paths, reference=False, warmup=5, iters=1, rounds=rounds, seed=100 + k)
+            _, rt = bench_artifacts_timed(paths, reference=False, warmup=5, iters=1, rounds=rounds, seed=100 + k,
+                                          precision_pct=PRECISION_PCT)
             rt.labels = keys
             ch = choose(rt)
             picks.append(ch.to_dict(keys))
-            rows.append({"part": f"choice, {fam}", "repeat": k, **picks[-1]})
+            rows.append({"part": f"choice, {fam}", "repeat": k, **picks[-1], "rounds_run": rt.context["rounds_run"],
+                         "stopped": rt.context["stopped"]})
         modal = collections.Counter(p["winner"] for p in picks).most_common(1)[0][0]
         agree = [p["winner"] == modal or modal in p["tied"] for p in picks]
         same[fam] = {"modal_winner": modal, "winners": [p["winner"] for p in picks],
@@ -170,7 +178,7 @@ def main() -> None:
     t0 = time.monotonic()
     noise_rows, shifts = noise_part(args.rounds)
     choice_rows, same = choice_part(args.repeats, args.choice_rounds)
-    ours = shifts["edgevit: one-run rounds, median of paired ratios"]
+    ours = shifts[EDGEVIT]
     for name, s in shifts.items():
         hw = f"{s['busy_halfwidth_pct']:.1f} %" if s["busy_halfwidth_pct"] is not None else "—"
         print(f"{name:<52} quiet {s['quiet_ratio']:.3f}  busy {s['busy_ratio']:.3f}  shift {s['shift_pct']:5.1f} %"

@@ -129,13 +129,15 @@ def validate(artifacts: Sequence[str | Path], data: str, split: str = "test", li
 
 
 def bench(artifacts: Sequence[str | Path], batch: int = 1, threads: int | None = None, warmup: int = 10,
-          iters: int = 100, reference: bool = True, gpu: bool = True, rounds: int = 1) -> list[dict[str, Any]]:
+          iters: int = 100, reference: bool = True, gpu: bool = True, rounds: int = 1,
+          precision_pct: float | None = None) -> list[dict[str, Any]]:
     """Latency rows (p50/p90/p99, throughput, peak memory, size, noise, CPU), PyTorch eager first;
     ``rounds`` > 1 times everything in short interleaved rounds (random order) and adds each row's robust
     ``estimate_ms`` and ``ratio_vs_first`` (paired ratio against the first row, bootstrap 95 % interval,
-    verdict: faster, slower or tied)."""
+    verdict: faster, slower or tied); with ``precision_pct`` the rounds go on (up to four times as many)
+    until every ratio is known to that half-width."""
     return bench_artifacts([Path(a) for a in artifacts], batch=batch, threads=threads, warmup=warmup, iters=iters,
-                           reference=reference, gpu=gpu, rounds=rounds)
+                           reference=reference, gpu=gpu, rounds=rounds, precision_pct=precision_pct)
 
 
 def report(run_dir: str | Path, device_results: Sequence[str | Path] = ()) -> Path:

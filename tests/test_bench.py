@@ -124,11 +124,18 @@ def test_bench_compare_prints_each_ratio_against_the_first_with_its_interval(tmp
     a, b = (str(run / "artifacts" / t) for t in ("onnx", "openvino"))
     res = CliRunner().invoke(app, ["bench", a, b, "--compare", "--rounds", "30", "--json", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
-    assert "openvino / onnx = " in res.output and "over 30 rounds" in res.output and "95 % interval" in res.output
+    assert "openvino / onnx = " in res.output and "95 % interval" in res.output
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [r["name"] for r in rows] == ["onnx", "openvino"]  # the first artifact is the baseline, no eager row
     q = rows[1]["ratio_vs_first"]
     assert q["ci95"][0] <= q["ratio"] <= q["ci95"][1] and q["verdict"] in ("faster", "slower", "tied")
-    assert rows[1]["runs"] == 30  # one run per round by default with --compare
+    # one run per round by default with --compare, 30 rounds and then more (at most 120) until ±5 %
+    ctx = rows[1]["timing"]
+    assert rows[1]["runs"] == ctx["rounds_run"] and 30 <= ctx["rounds_run"] <= 120 and ctx["precision_pct"] == 5
+    n = ctx["rounds_run"]
+    assert f"rounds: 30 planned, {n} run" in res.output and f"over {n} rounds" in res.output
+    fixed = CliRunner().invoke(app, ["bench", a, b, "--compare", "--rounds", "25", "--precision", "0",
+                                     "--json", str(tmp_path / "f.json")])
+    assert fixed.exit_code == 0 and json.loads((tmp_path / "f.json").read_text())[1]["runs"] == 25
     bad = CliRunner().invoke(app, ["bench", a, "--compare"])
     assert bad.exit_code == 2 and "two things to compare" in bad.output

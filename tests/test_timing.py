@@ -87,3 +87,41 @@ def test_time_rounds_randomises_order_and_records_context():
     assert back.labels == rt.labels and back.times.shape == rt.times.shape
     with pytest.raises(ValueError):
         time_rounds(fns, ["a", "b", "c"], rounds=0)
+
+
+def _fake_timer(monkeypatch, noise_of):
+    """Replace the stopwatch: subject ``i`` takes ``10 ms`` × (1 + its noise × a random stall)."""
+    import edgevit.eval.timing as T
+
+    rng = np.random.default_rng(7)
+
+    def timed(fn, warmup, iters):
+        i = fn()
+        return 10.0 * (1 + i) * (1 + noise_of[i] * rng.exponential(1.0, iters))
+
+    monkeypatch.setattr(T, "_timed", timed)
+    return [lambda i=i: i for i in range(len(noise_of))]
+
+
+def test_a_quiet_machine_stops_at_the_rounds_asked(monkeypatch):
+    fns = _fake_timer(monkeypatch, [0.01, 0.01])
+    rt = time_rounds(fns, ["a", "b"], rounds=30, iters=1, warmup=0, round_warmup=0, precision_pct=5)
+    assert rt.times.shape == (2, 30, 1) and rt.context["rounds_run"] == 30
+    assert rt.context["stopped"] == "every ratio known to ±5 %" and rt.ratio(1, 0).halfwidth_pct <= 5
+
+
+def test_a_noisy_machine_is_timed_longer_until_the_interval_is_narrow(monkeypatch):
+    fns = _fake_timer(monkeypatch, [0.6, 0.6, 0.01])
+    rt = time_rounds(fns, ["a", "b", "c"], rounds=20, iters=1, warmup=0, round_warmup=0, precision_pct=5,
+                     max_rounds=2000)
+    assert 20 < rt.context["rounds_run"] < 2000 and len(rt.orders) == rt.context["rounds_run"]
+    assert max(rt.ratio(i, j).halfwidth_pct for i in range(3) for j in (0, 2) if i != j) <= 5
+    # without a precision it answers after the rounds asked, wider
+    fixed = time_rounds(fns, ["a", "b", "c"], rounds=20, iters=1, warmup=0, round_warmup=0)
+    assert fixed.times.shape[1] == 20 and fixed.ratio(1, 0).halfwidth_pct > 5
+
+
+def test_the_cap_on_rounds_is_reported(monkeypatch):
+    fns = _fake_timer(monkeypatch, [2.0, 2.0])
+    rt = time_rounds(fns, ["a", "b"], rounds=10, iters=1, warmup=0, round_warmup=0, precision_pct=1, max_rounds=25)
+    assert rt.context["rounds_run"] == 25 and rt.context["stopped"].startswith("max rounds (25) reached")

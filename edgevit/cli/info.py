@@ -76,6 +76,7 @@ def bench(
     warmup: int = typer.Option(10), iters: Optional[int] = typer.Option(None, help="timed runs (per round with --rounds above 1); default 100, or 1 with --compare"),
     rounds: Optional[int] = typer.Option(None, help="short interleaved rounds, each in a random order, for paired ratios with 95 % intervals; default 1, or 200 with --compare"),
     compare: bool = typer.Option(False, "--compare", help="print each artifact's latency ratio against the first, with its bootstrap 95 % interval and a verdict (faster, slower, or tied when the interval spans 1.0); leaves PyTorch eager out unless --reference"),
+    precision: Optional[float] = typer.Option(None, help="with --compare: keep timing (up to 4x --rounds) until every ratio's 95 % interval is within ±this % (default 5; 0 stops at --rounds)"),
     reference: Optional[bool] = typer.Option(None, "--reference/--no-reference", help="include PyTorch eager as the reference row (default: yes, except with --compare)"),
     gpu: bool = typer.Option(True, help="on a CUDA machine, add PyTorch GPU rows (fp32, fp16, fp16 + torch.compile)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
@@ -94,8 +95,12 @@ def bench(
     from ..errors import OptionError
 
     rounds = rounds if rounds is not None else (200 if compare else 1)
+    precision = precision if precision is not None else (5.0 if compare else 0.0)
     iters = iters if iters is not None else (1 if compare else 100)
     reference = reference if reference is not None else not compare
+    if precision < 0 or (precision and rounds < 2):
+        raise OptionError(f"--precision {precision:g} needs a positive half-width and --rounds of 2 or more",
+                          "pass --precision 5 with --rounds 20 or more, or --precision 0 for a fixed number of rounds")
     if rounds < 1 or iters < 1:
         raise OptionError(f"--rounds and --iters must be at least 1, got {rounds} and {iters}",
                           "pass --rounds 200 --iters 1 (or leave them out)")
@@ -103,7 +108,8 @@ def bench(
         raise OptionError("--compare needs two things to compare and at least 2 rounds",
                           "pass two or more artifact directories (or --reference) and --rounds 20 or more")
     rows = api.bench(list(artifacts), batch=batch, threads=threads, warmup=warmup, iters=iters,
-                     reference=reference, gpu=gpu, rounds=rounds)
+                     reference=reference, gpu=gpu, rounds=rounds,
+                     precision_pct=precision or None)
     _bench_table(rows)
     if compare or rounds > 1:
         _ratio_lines(rows)
@@ -143,6 +149,9 @@ def _ratio_lines(rows: list) -> None:
         t.add_row(r["name"], f"{r['estimate_ms']:.2f}", f"{q['ratio']:.3f}", f"[{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}]",
                   verdict + (" (noisy)" if q["noisy"] else ""))
     out.print(t)
+    ctx = rows[-1].get("timing") or {}
+    if ctx.get("rounds_run"):
+        out.print(f"rounds: {ctx['rounds_planned']} planned, {ctx['rounds_run']} run ({ctx['stopped']})", highlight=False)
     for r in rows[1:]:
         if r.get("ratio_vs_first"):
             out.print(r["ratio_vs_first"]["text"], highlight=False)

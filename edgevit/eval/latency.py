@@ -160,11 +160,13 @@ def bench_rounds(subjects: Sequence[Subject], x: np.ndarray, warmup: int, iters:
 
 
 def bench_rounds_timed(subjects: Sequence[Subject], x: np.ndarray, warmup: int, iters: int, rounds: int = 1,
-                       min_seconds: float = 0.0, seed: int = 0) -> tuple[list[dict[str, Any]], RoundTimes | None]:
+                       min_seconds: float = 0.0, seed: int = 0, precision_pct: float | None = None,
+                       ) -> tuple[list[dict[str, Any]], RoundTimes | None]:
     """Time ``subjects``. One round: each loads (under peak memory), runs ``warmup`` untimed then ``iters``
     timed runs (and ``min_seconds``) and is released before the next loads. Several rounds: all load
     and warm up first, then :func:`~edgevit.eval.timing.time_rounds` times them in ``rounds`` short
-    rounds of ``iters`` runs, each round in a fresh random order; the rows then carry ``estimate_ms``
+    rounds of ``iters`` runs, each round in a fresh random order (more rounds until ``precision_pct``, if
+    given); the rows then carry ``estimate_ms``
     (the robust figure) and the :class:`RoundTimes` come back for paired ratios (None for one round)."""
     fns: list[Callable[[], Any] | None] = [None] * len(subjects)
     times: list[list[np.ndarray]] = [[] for _ in subjects]
@@ -179,7 +181,8 @@ def bench_rounds_timed(subjects: Sequence[Subject], x: np.ndarray, warmup: int, 
     rt = None
     if rounds > 1:
         rt = time_rounds(fns, [s.label for s in subjects], rounds=rounds, iters=iters, warmup=0,
-                         round_warmup=1 if iters > 1 else 0, seed=seed, label=f"{rounds} interleaved rounds")
+                         round_warmup=1 if iters > 1 else 0, seed=seed, label=f"{rounds} interleaved rounds",
+                         precision_pct=precision_pct)
         times = [list(t) for t in rt.times]
     rows = [{**summarize_rounds(t, x.shape[0]), "estimate_ms": estimate(np.asarray(t) if rounds > 1 else t[0][None]),
              "peak_mem_mb": peak + s.resident_mb, "peak_mem_note": s.peak_mem_note, "noise": noise_facts(t)}

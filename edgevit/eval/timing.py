@@ -19,6 +19,13 @@ a slow round slows both: the ratio of A's and B's figures *within a round* cance
 median over rounds of those per-round ratios, and its 95 % interval comes from resampling the rounds
 (both subjects' figures of one round travel together: a paired bootstrap). An interval that spans 1.0
 means these rounds cannot tell the two apart, and the verdict says so in words.
+
+How many rounds. A fixed count answers a busy machine vaguely: the same 200 rounds gave ±3.4-4.6 % quiet
+and ±5.6-10.1 % beside a busy loop. So ``time_rounds(..., precision_pct=5)`` (``bench --compare`` and the
+search's head-to-head) goes on, half as many rounds again at a time, until every ratio against the first
+subject and against the fastest is known to ±5 %, or four times the rounds asked have run; the rounds
+run and why they stopped are recorded with the figures. (Stopping on the interval's width, not on the
+ratio, leaves the ratio unbiased.)
 """
 from __future__ import annotations
 
@@ -157,28 +164,57 @@ def timing_context(threads: int | None = None) -> dict[str, Any]:
 
 def time_rounds(fns: Sequence[Callable[[], Any]], labels: Sequence[str], rounds: int = 20, iters: int = 10,
                 warmup: int = 10, round_warmup: int = 1, seed: int = 0, threads: int | None = None,
-                label: str = "timing rounds") -> RoundTimes:
+                label: str = "timing rounds", precision_pct: float | None = None,
+                max_rounds: int | None = None) -> RoundTimes:
     """Time ``fns`` in ``rounds`` short rounds, each in a fresh random order (seeded): ``warmup`` untimed
     calls of each before the first round, then per round and subject ``round_warmup`` untimed calls (its
-    caches, after the others ran) and ``iters`` timed ones."""
+    caches, after the others ran) and ``iters`` timed ones.
+
+    With ``precision_pct`` the rounds go on, half as many again at a time, until every subject's paired
+    ratio against the first and against the fastest is known to ±``precision_pct`` (the half-width of
+    its 95 % interval), or ``max_rounds`` (default four times ``rounds``) have run: a busy machine is
+    timed longer instead of answered vaguely. ``context`` records the rounds planned and run and why
+    they stopped."""
     if rounds < 1 or iters < 1:
         raise ValueError(f"need at least one round and one run, got rounds={rounds}, iters={iters}")
     n, rng = len(fns), np.random.default_rng(seed)
-    times = np.zeros((n, rounds, iters))
+    cap = max(rounds, max_rounds or 4 * rounds) if precision_pct else rounds
+    times, orders = np.zeros((n, cap, iters)), []
     ctx = timing_context(threads)
     for fn in fns:
         for _ in range(warmup):
             fn()
-    orders = []
-    with progress_bar(label, total=rounds * n, unit="subject") as advance:
-        for k in range(rounds):
-            order = [int(i) for i in rng.permutation(n)]
-            orders.append(order)
-            for i in order:
-                times[i, k] = _timed(fns[i], round_warmup, iters)
-                advance(1)
-    ctx["loadavg_after"] = timing_context()["loadavg"]
-    return RoundTimes(list(labels), times, orders, ctx)
+    done, upto, stopped = 0, rounds, "rounds asked"
+    while True:
+        with progress_bar(label if not done else f"{label}: more rounds for ±{precision_pct:g} %",
+                          total=(upto - done) * n, unit="subject") as advance:
+            for k in range(done, upto):
+                orders.append([int(i) for i in rng.permutation(n)])
+                for i in orders[-1]:
+                    times[i, k] = _timed(fns[i], round_warmup, iters)
+                    advance(1)
+        done = upto
+        if not precision_pct or n < 2:
+            break
+        if widest_halfwidth(times[:, :done]) <= precision_pct:
+            stopped = f"every ratio known to ±{precision_pct:g} %"
+            break
+        if done >= cap:
+            stopped = f"max rounds ({cap}) reached before ±{precision_pct:g} %"
+            break
+        upto = min(cap, done + max(10, rounds // 2))
+    ctx.update(loadavg_after=timing_context()["loadavg"], rounds_planned=rounds, rounds_run=done,
+               precision_pct=precision_pct, max_rounds=cap, stopped=stopped)
+    return RoundTimes(list(labels), times[:, :done], orders, ctx)
+
+
+def widest_halfwidth(times: np.ndarray, figure: str = "q25") -> float:
+    """The widest half-width (%) among the paired ratios of every subject against the first and against
+    the fastest (by estimate), for ``times`` (subjects, rounds, iters)."""
+    fastest = int(np.argmin([estimate(t, figure) for t in times]))
+    refs = {0, fastest}
+    return max(paired_ratio(times[i], times[j], figure=figure).halfwidth_pct
+               for j in refs for i in range(len(times)) if i != j)
 
 
 def _timed(fn: Callable[[], Any], warmup: int, iters: int) -> np.ndarray:

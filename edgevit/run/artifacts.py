@@ -131,22 +131,24 @@ def _weights_name(spec: ModelSpec | None) -> str:
 def bench_artifacts(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
                     threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
                     save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True,
-                    rounds: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+                    rounds: int = 1, seed: int = 0, precision_pct: float | None = None) -> list[dict[str, Any]]:
     """:func:`bench_artifacts_timed`'s rows."""
     return bench_artifacts_timed(paths, model, batch, threads, warmup, iters, reference, save_to, min_seconds, gpu,
-                                 rounds, seed)[0]
+                                 rounds, seed, precision_pct)[0]
 
 
 def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = None, batch: int = 1,
                           threads: int | None = None, warmup: int = 10, iters: int = 50, reference: bool = True,
                           save_to: Path | None = None, min_seconds: float = 0.0, gpu: bool = True,
-                          rounds: int = 1, seed: int = 0) -> tuple[list[dict[str, Any]], RoundTimes | None]:
+                          rounds: int = 1, seed: int = 0, precision_pct: float | None = None,
+                          ) -> tuple[list[dict[str, Any]], RoundTimes | None]:
     """Latency rows: PyTorch eager (the reference) first, then each artifact, same input and threads.
 
     ``rounds`` > 1 times eager and the artifacts in short interleaved rounds of ``iters`` runs, each round
     in a random order (each loaded once): every row then has ``estimate_ms`` (the robust figure of
     :mod:`edgevit.eval.timing`) and ``ratio_vs_first``, its paired ratio against the first row with the
     bootstrap 95 % interval and a verdict in words, and the :class:`RoundTimes` come back beside the rows.
+    ``precision_pct``: time on (up to four times ``rounds``) until every ratio is known to that half-width.
     Every row has ``noise`` (how far to trust it) and ``cpu`` (the instruction sets). For pruned artifacts
     the eager row holds ``dense_eager``: the dense model's eager row, timed in the same rounds.
 
@@ -174,7 +176,7 @@ def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = Non
         s, info = _artifact_subject(art_dir, mf, threads)
         subjects.append(s)
         infos.append(info)
-    timed, rt = bench_rounds_timed(subjects, x, warmup, iters, rounds, min_seconds, seed)
+    timed, rt = bench_rounds_timed(subjects, x, warmup, iters, rounds, min_seconds, seed, precision_pct)
     rows = [{**info, **row} for info, row in zip(infos, timed)]
     for i, r in enumerate(rows):
         r.update(r.pop("_loaded", {}))

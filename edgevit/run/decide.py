@@ -23,6 +23,7 @@ from .search import Candidate, slug, speed
 INT8_SLACK_PTS = 1.0  # int8 candidates are scored only when their float twin is this close to the budget
 MAX_CONTENDERS = 6  # the fastest and at most five others are re-timed head to head
 H2H_ROUNDS, H2H_ITERS = 120, 1  # short rounds: one run of each, in a random order, 120 times
+H2H_PRECISION_PCT = 5.0  # then more rounds (up to 4x) until every ratio is known to ±5 %
 
 
 def screening_ratio(s, key: str, ref: str) -> Ratio | None:
@@ -113,8 +114,9 @@ def _timed_decision(s, front, keys: list[str]) -> dict[str, Any]:
                        "against it is above 1.0, or it misses the budget)"}
     paths = [s.opts.out / "latency" / slug(c.latency_prune) / "artifacts" / c.target for c, *_ in front]
     say("decision: ", plain=f"{front[0][0].family}: {len(front)} candidates within budget overlap the fastest; "
-        f"re-timing them head to head ({H2H_ROUNDS} short rounds)")
+        f"re-timing them head to head ({H2H_ROUNDS} short rounds, more until ±{H2H_PRECISION_PCT:g} %)")
     rows, rt = bench_artifacts_timed(paths, reference=False, warmup=10, iters=H2H_ITERS, rounds=H2H_ROUNDS,
+                                     precision_pct=H2H_PRECISION_PCT,
                                      threads=s.opts.threads)
     rt.labels = keys
     ch = choose(rt, drops)
