@@ -16,12 +16,14 @@ What it shows:
   after) with fp32 everywhere else, (c) the same int8 GEMMs with fp16 everywhere else.
 Every variant is measured in every round, round-robin; a row's figure is the median over rounds of its
 p50/p90, and ``spread_pct`` is the range of the per-round p50s over their median.
+- With trtexec: is attention fused, which Cast/Reformat layers remain, at batch 1 and 64 (:mod:`trtexec_layers`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import datetime as dt
+import importlib.util
 import shlex
 import statistics
 import sys
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import trtexec_layers  # noqa: E402
 from _common import RESULTS, check, machine  # noqa: E402
 
 GUARD_S = 420.0  # no new round starts once the run has used ~7 minutes
@@ -335,13 +338,10 @@ def gpu_facts(dev: torch.device) -> dict[str, Any]:
         out.update(gpu=prop.name, capability=f"{prop.major}.{prop.minor}",
                    gpu_mem_gb=round(prop.total_memory / 2**30, 1))
     for lib in ("triton", "onnxruntime", "tensorrt"):
-        try:
-            mod = __import__(lib)
-            out[lib] = getattr(mod, "__version__", "present")
-            if lib == "onnxruntime":
-                out["onnxruntime_providers"] = mod.get_available_providers()
-        except ImportError:
-            out[lib] = None
+        mod = __import__(lib) if importlib.util.find_spec(lib) else None
+        out[lib] = getattr(mod, "__version__", "present") if mod else None
+    if out["onnxruntime"]:
+        out["onnxruntime_providers"] = __import__("onnxruntime").get_available_providers()
     return out
 
 
@@ -354,7 +354,7 @@ def write(out: Path, dev: torch.device, rows: list, checks: list, **extra: Any) 
                      "rows": rows, "checks": checks})
     for r in rows:
         figs = (f"p50 {r['p50_ms']:8.3f} ms  p90 {r['p90_ms']:8.3f} ms  ±{r['spread_pct']:4.1f}%"
-                if "p50_ms" in r else r.get("skipped") or r.get("error", "not timed"))
+                if "p50_ms" in r else r.get("skipped") or r.get("error") or r.get("summary", "not timed"))
         print(f"{r['name']:<28} {figs}")
     for c in checks:
         print(f"  {'PASS' if c['ok'] else 'MISS'} {c['name']} = {c['value']:.4g} {c['op']} {c['bar']}")
@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default benchmarks/results/gpu_check.json; with --dry-run a temp file)")
     ap.add_argument("--rounds", type=int, default=None)
+    trtexec_layers.add_arguments(ap)
     args = ap.parse_args(argv)
     committed = RESULTS / "gpu_check.json"
     if args.dry_run:
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         items = model_items(cfg, dev, t0) + block_items(cfg, dev, mm)
         timing = run_rounds(items, args.rounds or cfg["rounds"], dev, t0)
-    rows = finish_rows(items)
+    rows = finish_rows(items) + trtexec_layers.section(args.trtexec, args.trt_artifacts, cfg["img"], cfg["model_extra"])
     notes = NOTES + ([f"--dry-run: toy sizes on the CPU, no CUDA graphs, no torch.compile; int8 GEMM by {mm_name}."]
                      if args.dry_run else [])
     write(out, dev, rows, make_checks(rows), dry_run=args.dry_run, device=str(dev), int8_gemm=mm_name,

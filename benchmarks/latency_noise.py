@@ -52,7 +52,7 @@ def busy_loop() -> subprocess.Popen:
 def export(prune: str | None, targets: list[str]) -> Path:
     from edgevit.models import ModelSpec
     from edgevit.run.export import ExportOptions, run_export
-    from edgevit.run.search import TARGET_OPTIONS, slug
+    from edgevit.run.search import search_options, slug
 
     for base in (OPT, RUN / "latency"):
         out = base / slug(prune)
@@ -60,7 +60,7 @@ def export(prune: str | None, targets: list[str]) -> Path:
             return out
     out = RUN / "latency" / slug(prune)
     options = {"calib": str(IMAGENET), "calib_size": 8}
-    options.update({k: v for t in targets for k, v in TARGET_OPTIONS.get(t, {}).items()})
+    options.update({k: v for t in targets for k, v in search_options(t).items()})
     run_export(ModelSpec("deit_tiny", num_classes=10, pretrained=False, prune=prune),
                ExportOptions(targets=targets, out=out, exist_ok=True, bench=False, check_images=2, options=options))
     return out

@@ -35,6 +35,7 @@ from .run.training import run_pruned, run_training
 from .run.zeroshot import ZeroShotOptions, bake_only, run_zeroshot
 from .targets import OptionField, Target, get_target, option_fields, read_manifest
 from .targets import list_targets as _targets
+from .targets.registry import quantize_targets
 from .targets.tensorrt import TensorRtTarget
 from .targets.trt_engine import EngineOptions
 from .train.distill import DistillationError
@@ -43,11 +44,9 @@ from .train.lit import LitConfig
 
 __all__ = ["ModelSpec", "ExportOptions", "TrainConfig", "Recipe", "EngineOptions", "export", "quantize", "prune",
            "train", "distill", "validate", "bench", "report", "run", "quickstart", "build_engine", "models",
-           "targets", "target_options", "load_recipe", "train_config", "INT8_TARGETS", "optimize",
+           "targets", "target_options", "load_recipe", "train_config", "quantize_targets", "optimize",
            "OptimizeOptions", "ZeroShotOptions", "zeroshot", "bake_zeroshot", "lit", "LitOptions",
            "LitConfig"]
-
-INT8_TARGETS = ["openvino-int8", "onnx-int8", "tensorrt-int8"]
 
 
 def export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None = None) -> Path:
@@ -57,10 +56,10 @@ def export(spec: ModelSpec, opts: ExportOptions, model: torch.nn.Module | None =
 
 
 def quantize(spec: ModelSpec, opts: ExportOptions) -> Path:
-    """int8 export: :func:`export` to the int8 targets of ``opts`` (default: every int8 target), with
+    """int8 export: :func:`export` to the int8 targets of ``opts`` (default: :func:`quantize_targets`), with
     calibration, ``max_drop`` fallback or QAT as ``opts.options`` asks."""
     if not opts.targets:
-        opts = dataclasses.replace(opts, targets=list(INT8_TARGETS))
+        opts = dataclasses.replace(opts, targets=quantize_targets())
     return run_export(spec, opts)
 
 

@@ -15,9 +15,10 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is exported: the TensorRT target reads graphs without it
+    import torch
 
 OPSET = 17  # the first opset with a native LayerNormalization
 INPUT, OUTPUT = "input", "logits"
@@ -25,6 +26,16 @@ EXTERNAL_DATA_ENV = "EDGEVIT_ONNX_EXTERNAL_DATA"
 LARGE_BYTES = int(1.8 * 2**30)  # protobuf refuses messages over 2 GiB; leave room for the graph itself
 NOT_SIMPLIFIED = ("onnxslim serializes the whole model in memory, which protobuf refuses over 2 GB; "
                   "the runtimes' own graph optimizers still run")
+
+
+def edges(graph) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """An ONNX graph's wiring: (the node producing each tensor, the nodes reading each tensor)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return producers, readers
 
 
 # -- external data: one convention, used by every target ----------------------------------------
@@ -130,6 +141,8 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: Path, opset: int = 
 
 
 def _torch_export(model: torch.nn.Module, img_size: int, raw: Path, opset: int) -> None:
+    import torch
+
     x = torch.zeros(1, 3, img_size, img_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes

@@ -23,21 +23,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-GEMM_OPS = ("MatMul", "Gemm", "Conv")
+from .float_scope import GEMM_OPS, FloatScope
+
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 MOVE_OPS = ("Reshape", "Transpose", "Gather", "Concat", "Split", "Squeeze", "Unsqueeze", "Expand", "Shape",
             "Slice", "Flatten", "Identity", "Constant", "ConstantOfShape", "Where", "Equal", "Range", "Cast")
-NORM_OPS = ("LayerNormalization",)
 TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8", 6: "int32", 7: "int64", 9: "bool"}
-HEAD_NAMES = ("head", "head_dist", "fc", "classifier")
+SCOPE = FloatScope()  # what stays float: asked for the head and the ops that keep fp32 arithmetic
 
 
 def precision_map(onnx_path: str | Path, fp16_peer: str | None = "tensorrt-fp16") -> dict[str, Any]:
     """Per-op compute precision of the ONNX at ``onnx_path`` with a summary and warnings. ``fp16_peer``:
     the fp16 artifact an int8 one must beat where fp32 compute is the cost (a GPU runtime); None for a
     CPU runtime, where float32 outside the int8 GEMMs is the norm."""
-    g = _typed_graph(Path(onnx_path))
+    g = typed_graph(Path(onnx_path))
     types = _tensor_types(g)
     producers = {o: n for n in g.node for o in n.output}
     inits = {t.name for t in g.initializer}
@@ -51,7 +51,7 @@ def precision_map(onnx_path: str | Path, fp16_peer: str | None = "tensorrt-fp16"
         kind, precision = _classify(n, types, producers, inits)
         ops.append({"name": n.name, "op": n.op_type, "kind": kind, "precision": precision})
         fp32_out = any(types.get(o) == 1 for o in n.output)  # float32, whatever the op computes in
-        if fp32_out and n.op_type not in NORM_OPS and not (n.op_type == "Cast" and _boundary_cast(n, users, io)):
+        if fp32_out and not SCOPE.computes_fp32(n.op_type) and not _into_fp32_op(n, users, io):
             fp32_islands.append(n.name)
     summary = _summary(ops, fp32_islands)
     return {"path": str(onnx_path), "ops": ops, "summary": summary, "warnings": warnings_for(summary, fp16_peer)}
@@ -61,7 +61,7 @@ def _summary(ops: list[dict[str, Any]], fp32_islands: list[str]) -> dict[str, An
     gemms = [o for o in ops if o["kind"] in ("linear", "attention", "conv")]
     count = Counter((o["kind"], o["precision"]) for o in gemms)
     compute = Counter(o["precision"] for o in ops if o["kind"] == "compute")
-    head = [o for o in gemms if _is_head(o["name"])]
+    head = [o for o in gemms if SCOPE.is_head(o["name"])]
     return {
         "int8_gemms": sum(o["precision"] == "int8" for o in gemms),
         "gemms": len(gemms),
@@ -74,9 +74,9 @@ def _summary(ops: list[dict[str, Any]], fp32_islands: list[str]) -> dict[str, An
         "compute_ops_by_precision": dict(compute),
         "fp32_ops_outside_norms": len(fp32_islands),  # nodes with a float32 output, LayerNorm and its casts aside
         "fp32_islands": fp32_islands,
-        "layernorm_precision": sorted({o["precision"] for o in ops if o["op"] in NORM_OPS}),
+        "layernorm_precision": sorted({o["precision"] for o in ops if SCOPE.computes_fp32(o["op"])}),
         "label": _label(gemms, Counter(o["precision"] for o in ops if o["kind"] == "compute"
-                                       and o["op"] not in NORM_OPS)),
+                                       and not SCOPE.computes_fp32(o["op"]))),
     }
 
 
@@ -142,19 +142,19 @@ def _has_weight(n, producers: dict[str, Any], inits: set[str]) -> bool:
     return any(stored(i) for i in n.input[:2] if i)
 
 
-def _boundary_cast(n, users: dict[str, list[Any]], io: set[str]) -> bool:
-    """A Cast into LayerNorm, or at the graph's input or output: the fp32 it makes is allowed."""
-    if n.output[0] in io or n.input[0] in io:
+def _into_fp32_op(n, users: dict[str, list[Any]], io: set[str], depth: int = 0) -> bool:
+    """A Cast at the graph's input or output, or a Cast/Q/DQ chain whose readers all keep fp32 arithmetic
+    (LayerNorm; with --quantize-norms its input is Cast -> Q -> DQ -> LayerNorm): the fp32 it makes is allowed."""
+    if n.op_type not in ("Cast", *QDQ_OPS) or depth > 3:
+        return False
+    if n.op_type == "Cast" and (n.output[0] in io or n.input[0] in io):
         return True
     readers = users.get(n.output[0], [])
-    return bool(readers) and all(m.op_type in NORM_OPS for m in readers)
+    return bool(readers) and all(SCOPE.computes_fp32(m.op_type) or _into_fp32_op(m, users, io, depth + 1)
+                                 for m in readers)
 
 
-def _is_head(name: str) -> bool:
-    return name.strip("/").split("/")[0].split(".")[0] in HEAD_NAMES
-
-
-def _typed_graph(path: Path):
+def typed_graph(path: Path):
     """The graph with every tensor's type inferred (through a file: no 2 GB limit, no data read)."""
     import tempfile
 
@@ -163,7 +163,7 @@ def _typed_graph(path: Path):
     with tempfile.TemporaryDirectory(prefix="edgevit-types-") as work:
         out = Path(work) / "typed.onnx"
         try:
-            onnx.shape_inference.infer_shapes_path(str(path), str(out))
+            onnx.shape_inference.infer_shapes_path(str(path), str(out), data_prop=True)  # shapes through Reshape
             return onnx.load(str(out), load_external_data=False).graph
         except Exception:  # an op shape inference does not know: the types the graph declares
             return onnx.load(str(path), load_external_data=False).graph

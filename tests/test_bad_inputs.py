@@ -110,6 +110,13 @@ ROWS = [
     Row("recipe_is_a_folder", lambda f: ["run", f["ckpt_folder"]], ("is a folder",)),
     Row("set_value_not_yaml", lambda f: ["train", "--model", "deit_tiny", "--data", "digits", "--set", "lr=[1"],
         ("--set 'lr=[1'", "not valid YAML")),
+    # 11. what is checked before any model is built (no hub download, no forward pass)
+    Row("int8_without_calibration_source", lambda f: ["export", "--model", "deit_tiny", "--target", "tensorrt-int8"],
+        ("tensorrt-int8", "--calib", "--data"), absent=("cannot download", "exporting")),
+    Row("calib_not_a_folder", _quantize("--calib", "no/such/calib"), ("--calib no/such/calib", "not a folder"),
+        absent=("exporting",)),
+    Row("option_at_its_default_not_honoured", _export("ckpt", "--target", "onnx", "--max-batch", "8"),
+        ("--max-batch is not honoured by onnx", "tensorrt-fp16"), absent=("exporting",)),
     # kinds the older tests cover, kept here so the table is the whole list
     Row("malicious_pickle", _export("evil_ckpt"), ("evil.pth", "cannot be read"), absent=("UserWarning",)),
     Row("unknown_target", _export("ckpt", "--target", "onnx-int9"), ("unknown target", "onnx-int9")),

@@ -37,6 +37,21 @@ def test_help_teaches():
     assert r.exit_code == 0 and "--checkpoint" in r.output and "edgevit targets" in r.output
 
 
+def test_target_flags_come_from_the_table_with_their_help():
+    """One flag per target option, on every command that exports, each saying what it does."""
+    from edgevit.targets import option_fields
+
+    fields = option_fields()
+    for command in ("export", "quantize", "zeroshot"):
+        r = invoke(command, "--help")
+        assert r.exit_code == 0, r.output
+        assert all("--" + name.replace("_", "-") in r.output for name in fields), r.output
+    assert "--no-per-channel" in r.output and "--no-qat-distill" in r.output  # options on by default
+    assert "onnx-int8, openvino-int8, tensorrt-int8" in invoke("quantize", "--help").output  # its default targets
+    undocumented = sorted(f"{f.name} ({', '.join(f.targets)})" for f in fields.values() if not f.help)
+    assert not undocumented, f"target options without help: {undocumented}"
+
+
 @pytest.fixture
 def ckpt(tmp_path):
     from edgevit.models import ModelSpec, create_model

@@ -268,6 +268,20 @@ def test_build_profile_fits_the_benchmark_batch():
         m.fit_profile(["--optShapes=input:axb"], 1)
 
 
+def test_several_profile_build_becomes_one_profile_for_the_benchmark_batch():
+    """The export's flags hold a profile per batch (--profile=N before each); the board's build keeps one."""
+    from edgevit.targets.trt_engine import EngineOptions, trtexec_args
+
+    m = _summarize_module()
+    exported = trtexec_args(EngineOptions(timing_cache="none"), [3, 32, 32])
+    assert "--profile=1" in exported  # the export really has several profiles
+    mf = {"data_config": {"input_size": [3, 32, 32]}, "export": {"trtexec_args": exported}}
+    args, notes = m.build_args(mf, "manifest.json", 1)
+    assert not [a for a in args if a.startswith("--profile=")] and notes == []
+    assert sum(a.startswith("--optShapes=") for a in args) == 1
+    assert m.profile_of(args) == {"input": [[1, 3, 32, 32], [1, 3, 32, 32], [8, 3, 32, 32]]}
+
+
 # ---------------------------------------------------------------- summarize.py
 def test_percentile_matches_numpy_linear():
     np = pytest.importorskip("numpy")

@@ -7,6 +7,7 @@ from conftest import tiny_spec, write_image_folder
 from PIL import Image
 
 from edgevit.errors import DataError
+from edgevit.float_scope import FloatScope
 from edgevit.quant.calibration import calibration_set, control_set, sample_indices
 from edgevit.quant.config import QuantizationError
 from edgevit.quant.fallback import fallback, top1
@@ -102,6 +103,12 @@ def test_tensorrt_graph_follows_the_rules(trt_run):
     mf = json.loads((trt_run / "artifacts" / "tensorrt-int8" / "manifest.json").read_text())
     assert mf["export"]["tensorrt_rules"]["count"] == 0 and mf["export"]["trtexec_args"][0] == "--onnx=model.onnx"
     assert "head/Gemm" not in " ".join(n.name for n in g.node if n.op_type == "DequantizeLinear")
+    from edgevit.quant.attention import softmax_output_qparams
+
+    softmax = softmax_output_qparams(onnx.load(str(path), load_external_data=False))  # fixed [0, 1], not calibrated
+    assert len(softmax) == 2 and all(q["scale"] == float(np.float16(1 / 127)) and q["zero_point"] == 0
+                                     and q["zero_point_type"] == "int8" for q in softmax)
+    assert mf["export"]["softmax_output_range"]["tensors"] == 2 and mf["export"]["attention_kept_float"] == []
 
 
 def _mutate(path, fn):
@@ -149,19 +156,51 @@ def test_rules_check_catches_each_violation(trt_run, breakage, message):
 
 
 def test_norms_get_qdq_only_when_asked(tmp_path):
+    """--quantize-norms is LayerNorm's input only: Cast -> Q -> DQ -> LayerNorm in fp32 (no DQ -> Cast -> LayerNorm,
+    the shape of TensorRT issue 4832), float gamma/beta, the residual Add and every Softmax input left float."""
+    import onnx
+
+    from edgevit.precision import precision_map
+
     out = run_export(tiny_spec(), ExportOptions(targets=["tensorrt-int8"], out=tmp_path / "r", bench=False,
                                                 options=dict(calib="digits", calib_size=40, quantize_norms=True)))
     path = out / "artifacts" / "tensorrt-int8" / "model.onnx"
-    assert check_tensorrt_rules(path, allow_norms=True)["count"] == 0
+    assert check_tensorrt_rules(path, FloatScope.of(quantize_norms=True))["count"] == 0
     strict = check_tensorrt_rules(path)
     assert any("feeds LayerNormalization" in v for v in strict["violations"])
-    assert any("feeds Softmax" in v for v in strict["violations"])
-    import onnx  # the norms' activations are int8, their weights (gamma, beta) stay float
-
+    assert not any("Softmax" in v for v in strict["violations"])
     g = onnx.load(str(path), load_external_data=False).graph
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     inits = {t.name for t in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    readers = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.op_type)
     norms = [n for n in g.node if n.op_type == "LayerNormalization"]
-    assert norms and all(i in inits for n in norms for i in n.input[1:])
+    assert len(norms) == 5 and all(i in inits for n in norms for i in n.input[1:])
+    for n in norms:
+        dq = producers[n.input[0]]
+        quant = producers[dq.input[0]]
+        assert (dq.op_type, quant.op_type, producers[quant.input[0]].op_type) == (
+            "DequantizeLinear", "QuantizeLinear", "Cast") and readers[dq.output[0]] == ["LayerNormalization"]
+    softmax_in = [producers[n.input[0]].op_type for n in g.node if n.op_type == "Softmax"]
+    assert softmax_in and "DequantizeLinear" not in softmax_in
+    mf = json.loads((path.parent / "manifest.json").read_text())["export"]
+    assert mf["norm_qdq_readers_restored"] == 4 and mf["fp32_qdq_into_layernorm"] == 5  # the residual Adds read float
+    assert precision_map(path)["summary"]["fp32_ops_outside_norms"] == 0
+
+
+def test_a_missing_zero_point_is_a_warning_not_a_violation(trt_run):
+    path = trt_run / "artifacts" / "tensorrt-int8" / "model.onnx"
+
+    def drop_zero_points(m, inits, nh):  # TensorRT's parser reads a Q/DQ without one as int8 with zero-point 0
+        for n in m.graph.node:
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0] not in inits:
+                del n.input[2:]
+    rules = check_tensorrt_rules(_mutate(path, drop_zero_points))
+    assert rules["count"] == 0 and rules["warnings"] and all("no zero-point" in w for w in rules["warnings"])
+    assert check_tensorrt_rules(path)["warnings"] == []
 
 
 def test_rules_flag_int8_norm_weights_even_when_norms_are_allowed(trt_run):
@@ -179,7 +218,7 @@ def test_rules_flag_int8_norm_weights_even_when_norms_are_allowed(trt_run):
     import onnx
 
     path = trt_run / "artifacts" / "tensorrt-int8" / "model.onnx"
-    rules = check_tensorrt_rules(_mutate(path, int8_gamma), allow_norms=True)
+    rules = check_tensorrt_rules(_mutate(path, int8_gamma), FloatScope.of(quantize_norms=True))
     assert any("int8 weights feed LayerNormalization" in v for v in rules["violations"]), rules["violations"]
 
 

@@ -1,19 +1,17 @@
 """TensorRT targets: everything short of TensorRT itself runs here; the engine path runs where it imports."""
-import ctypes
-import enum
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_spec
+from trt_stand_in import fake_trt, installer
 
 from edgevit.errors import TargetError
 from edgevit.graph import export_onnx
@@ -27,17 +25,21 @@ from edgevit.targets.trt_engine import (
     attach_timing_cache,
     build_engine,
     configure,
-    engine_layers,
     engine_unavailable,
     load_engine,
     network_flags,
     prepare_fp16,
+    profiles_of,
     trtexec_args,
     write_build_script,
 )
-from edgevit.targets.trt_runtime import summarize_layers
 
 NO_ENGINE = engine_unavailable()
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    return installer(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,11 @@ def test_engine_options_are_checked():
     with pytest.raises(TargetError, match="outside 0-5"):
         EngineOptions(optimization_level=9).check()
     assert EngineOptions(max_batch=16).check().max_batch == 16
-    assert EngineOptions(max_batch=4).shapes([3, 32, 32]) == {"input": [[1, 3, 32, 32], [1, 3, 32, 32],
-                                                                        [4, 3, 32, 32]]}
+    # one profile per batch asked, tuned for it (opt = max = that batch), the largest first
+    assert EngineOptions(max_batch=4).profiles([3, 32, 32]) == [
+        {"input": [[1, 3, 32, 32], [4, 3, 32, 32], [4, 3, 32, 32]]},
+        {"input": [[1, 3, 32, 32], [1, 3, 32, 32], [1, 3, 32, 32]]}]
+    assert EngineOptions(opt_batch=64, max_batch=64).batches() == [64]
 
 
 def test_timing_cache_path(monkeypatch, tmp_path):
@@ -87,7 +92,13 @@ def test_timing_cache_path(monkeypatch, tmp_path):
 def test_trtexec_command_matches_the_options():
     args = trtexec_args(EngineOptions(max_batch=4, workspace_mb=512, optimization_level=5), [3, 32, 32])
     assert args[:3] == ["--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped"]
-    assert "--minShapes=input:1x3x32x32" in args and "--maxShapes=input:4x3x32x32" in args
+    assert args[3:11] == ["--profile=0", "--minShapes=input:1x3x32x32", "--optShapes=input:4x3x32x32",
+                          "--maxShapes=input:4x3x32x32", "--profile=1", "--minShapes=input:1x3x32x32",
+                          "--optShapes=input:1x3x32x32", "--maxShapes=input:1x3x32x32"]  # trtexec's multi-profile form
+    assert profiles_of(args) == EngineOptions(max_batch=4).profiles([3, 32, 32])
+    one = trtexec_args(EngineOptions(opt_batch=8, max_batch=8), [3, 32, 32])
+    assert not any(a.startswith("--profile=") for a in one) and "--optShapes=input:8x3x32x32" in one
+    assert profiles_of(one) == [{"input": [[1, 3, 32, 32], [8, 3, 32, 32], [8, 3, 32, 32]]}]
     assert "--memPoolSize=workspace:512M" in args and "--builderOptimizationLevel=5" in args
     assert "--profilingVerbosity=detailed" in args  # the engine inspector can tell layer precisions
     assert "--timingCacheFile=timing.cache" in args
@@ -117,240 +128,16 @@ def test_fp16_onnx_keeps_layernorm_in_fp32_and_float32_io(float_onnx, tmp_path):
     assert np.abs(runner(x) - ref).max() < 0.02 * max(1.0, np.abs(ref).max())
 
 
-# -- the recording stand-in: TensorRT and cuda-python's runtime, by their documented names -------
-RECORDED_LAYERS = json.dumps({"Layers": [  # the shape of IEngineInspector's JSON at detailed verbosity
-    {"Name": "Reformatting CopyNode for Input Tensor 0 to /patch_embed/proj/Conv", "LayerType": "Reformat",
-     "Inputs": [{"Name": "input", "Location": "Device", "Dimensions": [1, 3, 32, 32],
-                 "Format/Datatype": "Row major linear FP32"}],
-     "Outputs": [{"Name": "r0", "Location": "Device", "Dimensions": [1, 3, 32, 32],
-                  "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}], "TacticValue": "0x0"},
-    {"Name": "/patch_embed/proj/Conv", "LayerType": "CaskConvolution",
-     "Inputs": [{"Name": "r0", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
-     "Outputs": [{"Name": "p", "Format/Datatype": "Row major linear FP16 format"}],
-     "TacticName": "sm87_xmma_fprop_implicit_gemm_f16f16_f16f16_f16_nhwckrsc_nhwc",
-     "Metadata": "[ONNX Layer: /patch_embed/proj/Conv]"},
-    {"Name": "/blocks.0/attn/qkv/MatMul", "LayerType": "gemm",
-     "Inputs": [{"Name": "q8", "Format/Datatype": "Row major linear Int8 format"}],
-     "Outputs": [{"Name": "qkv", "Format/Datatype": "Row major linear FP16 format"}],
-     "TacticName": "sm87_xmma_gemm_i8f16_i8i32_f32_tn_n_tilesize128x128x64"},
-    {"Name": "_gemm_mha_v2_myl0_12", "LayerType": "kgen",
-     "Inputs": [{"Name": "qkv", "Format/Datatype": "Half"}], "Outputs": [{"Name": "a", "Format/Datatype": "Half"}]},
-    {"Name": "/blocks.0/norm1/LayerNormalization", "LayerType": "Normalization",
-     "Inputs": [{"Name": "a", "Format/Datatype": "Float"}], "Outputs": [{"Name": "n", "Format/Datatype": "Float"}]},
-], "Bindings": ["input", "logits"]})
-
-
-def fake_trt(version="10.3.0", strongly_typed=1, cache="ok", dtype="FLOAT", profile=((1, 4), (1, 4), (4, 4)),
-             layers=RECORDED_LAYERS):
-    """A ``tensorrt`` module that records what edgevit asks of it; ``profile`` is (min, opt, max) of (batch, hw/8)."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__, trt.calls = version, []
-    rec = trt.calls
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(
-        **({"STRONGLY_TYPED": strongly_typed} if strongly_typed is not None else {}))
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED", LAYER_NAMES_ONLY="LAYER_NAMES_ONLY")
-    trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON", ONELINE="ONELINE")
-    trt.TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT")
-    trt.DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32")
-    shapes = [(b, 3, 8 * s, 8 * s) for b, s in profile]
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity):
-            rec.append(("logger", severity))
-
-    class Profile:
-        def set_shape(self, *a):
-            rec.append(("set_shape", *a))
-
-    class Cache:
-        def serialize(self):
-            return b"timing-cache"
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            rec.append(("pool", pool, size))
-
-        def __setattr__(self, k, v):
-            rec.append(("set", k, v))
-
-        def add_optimization_profile(self, p):
-            rec.append(("add_profile",))
-
-        def create_timing_cache(self, data):
-            rec.append(("create_cache", bytes(data)))
-            if cache == "raise" and data:
-                raise RuntimeError("corrupt cache")
-            return None if cache == "none" and data else Cache()
-
-        def set_timing_cache(self, c, ignore_mismatch):
-            rec.append(("set_cache", ignore_mismatch))
-            return cache != "refuse" or not rec[-2][1]  # refuses a non-empty cache
-
-        def get_timing_cache(self):
-            return Cache()
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            rec.append(("create_network", flags))
-            return "network"
-
-        create_optimization_profile = Profile
-        create_builder_config = Config
-
-        def build_serialized_network(self, network, config):
-            rec.append(("build",))
-            return b"PLAN:fake"
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            rec.append(("parse", Path(path).name))
-            return True
-
-    class Inspector:
-        def __setattr__(self, k, v):
-            rec.append(("inspector", k, v is not None))
-
-        def get_engine_information(self, fmt):
-            rec.append(("engine_information", fmt))
-            return layers
-
-    class Context:
-        def __init__(self):
-            self.addr, self.shape = {}, None
-
-        def set_input_shape(self, name, shape):
-            ok = all(lo <= s <= hi for lo, s, hi in zip(shapes[0], shape, shapes[2])) and len(shape) == 4
-            rec.append(("set_input_shape", name, tuple(shape), ok))
-            self.shape = tuple(shape) if ok else self.shape
-            return ok
-
-        def get_tensor_shape(self, name):
-            return (self.shape[0], 10)
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-            return True
-
-        def execute_async_v3(self, stream):  # logits = 2 * the first 10 pixels + 1, through "device" memory
-            rec.append(("execute", stream))
-            n = int(np.prod(self.shape))
-            x = np.frombuffer(bytes(trt.device[self.addr["input"]][:4 * n]), np.float32).reshape(self.shape)
-            y = (2 * x.reshape(len(x), -1)[:, :10] + 1).astype(np.float32)
-            trt.device[self.addr["logits"]][:y.nbytes] = y.tobytes()
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def get_tensor_name(self, i):
-            return ["input", "logits"][i]
-
-        def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, name):
-            return trt.DataType[dtype] if name == "logits" else trt.DataType.FLOAT
-
-        def get_tensor_shape(self, name):
-            static = shapes[0] == shapes[2]
-            return shapes[0] if static and name == "input" else (-1, 3, *shapes[0][2:]) if name == "input" else (-1, 10)
-
-        def get_tensor_profile_shape(self, name, index):
-            rec.append(("profile_shape", name, index))
-            return shapes
-
-        create_execution_context = Context
-        create_engine_inspector = Inspector
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            rec.append(("deserialize", bytes(data)))
-            return Engine() if bytes(data).startswith(b"PLAN") else None
-
-    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    trt.device = {}  # the fake GPU's memory, shared with the fake cudart
-    trt.builder, trt.config = Builder(None), Config()
-    return trt
-
-
-def fake_cudart(trt, count=1):
-    """cuda-python's runtime module as edgevit calls it: every call returns (err, *values)."""
-    rt = types.ModuleType("cuda.bindings.runtime")
-    rt.calls, mem, ok = [], trt.device, 0
-    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-    rt.cudaGetDeviceCount = lambda: (ok, count)
-    rt.cudaGetDeviceProperties = lambda i: (ok, types.SimpleNamespace(name=b"Fake GPU Orin\0\0", major=8, minor=7))
-    rt.cudaStreamCreate = lambda: (rt.calls.append(("stream",)) or ok, 4242)
-    rt.cudaStreamDestroy = lambda s: (rt.calls.append(("stream_destroy", s)) or ok,)
-    rt.cudaStreamSynchronize = lambda s: (ok,)
-
-    def malloc(n):
-        ptr = 0x1000 * (len(rt.calls) + 1)
-        mem[ptr] = bytearray(n)
-        rt.calls.append(("malloc", n))
-        return ok, ptr
-
-    def memcpy(dst, src, n, kind, stream):
-        if kind == 1:
-            mem[dst][:n] = ctypes.string_at(src, n)
-        else:
-            ctypes.memmove(dst, bytes(mem[src][:n]), n)
-        return (ok,)
-
-    rt.cudaMalloc, rt.cudaMemcpyAsync = malloc, memcpy
-    rt.cudaFree = lambda p: (rt.calls.append(("free", p)) or mem.pop(p, None) and ok,)
-    return rt
-
-
-@pytest.fixture
-def stand_in(monkeypatch, tmp_path):
-    """Install the stand-ins as ``tensorrt`` and ``cuda.bindings.runtime``; returns a function that does it again
-    with other stand-in options."""
-    monkeypatch.setenv("EDGEVIT_CACHE", str(tmp_path / "cache"))
-
-    def install(**kw):
-        trt = fake_trt(**kw)
-        rt = fake_cudart(trt)
-        cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-        cuda.bindings, bindings.runtime = bindings, rt
-        for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
-                          ("cuda.bindings.runtime", rt)):
-            monkeypatch.setitem(sys.modules, name, mod)
-        return trt, rt
-
-    return install
-
-
-def make_plan(art: Path, meta: dict | None = None) -> Path:
-    art.mkdir(parents=True, exist_ok=True)
-    (art / "model.plan").write_bytes(b"PLAN:from trtexec")
-    if meta is not None:
-        (art / "engine.json").write_text(json.dumps(meta))
-    return art
-
-
 def test_builder_config_from_options():
     fake = fake_trt()
     configure(fake, fake.builder, fake.config, EngineOptions(max_batch=4, workspace_mb=256), [3, 32, 32])
     assert ("pool", "WORKSPACE", 256 << 20) in fake.calls
     assert ("set", "builder_optimization_level", 3) in fake.calls
     assert ("set", "profiling_verbosity", "DETAILED") in fake.calls  # the engine inspector can tell precisions
-    assert ("set_shape", "input", (1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32)) in fake.calls
-    assert ("add_profile",) in fake.calls
+    shapes = [c[1:] for c in fake.calls if c[0] == "set_shape"]  # batch 4 tuned for 4, batch 1 for 1
+    assert shapes == [("input", (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32)),
+                      ("input", (1, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32))]
+    assert fake.calls.count(("add_profile",)) == 2
 
 
 def test_timing_cache_is_reused_when_tensorrt_takes_it(tmp_path):
@@ -413,131 +200,6 @@ def test_build_records_a_rejected_timing_cache(stand_in, tmp_path):
     assert cache.read_bytes() == b"timing-cache"  # replaced by the fresh cache this build made
 
 
-def test_plan_without_engine_json_loads_with_the_profile_of_the_engine(stand_in, tmp_path):
-    trt, rt = stand_in()
-    art = make_plan(tmp_path / "art")  # as build_engine.sh from an old edgevit, trtexec by hand, or a board copy
-    runner = load_engine(art)
-    assert runner.info["precision"] is None and runner.info["device"] == "Fake GPU Orin"
-    assert runner.info["runtime"].startswith("tensorrt 10.3.0") and "no engine.json" in runner.info["engine_meta"]
-    assert runner.info["engine_profile"] == [[1, 3, 32, 32], [1, 3, 32, 32], [4, 3, 32, 32]]
-    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
-    y = runner(x)
-    np.testing.assert_allclose(y, 2 * x.reshape(6, -1)[:, :10] + 1, rtol=1e-6)
-    shapes = [c[2][0] for c in trt.calls if c[0] == "set_input_shape"]
-    assert shapes == [4, 2]  # chunks of the profile's max batch
-    assert ("profile_shape", "input", 0) in trt.calls and ("execute", 4242) in trt.calls
-    runner(x)
-    assert [c[0] for c in rt.calls].count("malloc") == 2  # input and output allocated once, then reused
-    runner.close()
-    assert [c[0] for c in rt.calls].count("free") == 2 and ("stream_destroy", 4242) in rt.calls and not trt.device
-    with pytest.raises(TargetError, match="closed"):
-        runner(x)
-
-
-def test_engine_memory_is_freed_when_the_runner_is_collected(stand_in, tmp_path):
-    import gc
-
-    trt, rt = stand_in()
-    runner = load_engine(make_plan(tmp_path / "art"))
-    runner(np.zeros((1, 3, 32, 32), np.float32))
-    assert trt.device
-    del runner
-    gc.collect()
-    assert not trt.device and ("stream_destroy", 4242) in rt.calls
-
-
-def test_engine_json_gives_the_runtime_precision(stand_in, tmp_path):
-    stand_in()
-    art = make_plan(tmp_path / "art", {"tensorrt": "10.3.0", "runtime_precision": "int8 GEMMs + fp16"})
-    with load_engine(art) as runner:
-        assert runner.info["precision"] == "int8 GEMMs + fp16" and runner.info["engine_meta"] == "engine.json"
-
-
-def test_a_static_engine_runs_its_one_batch(stand_in, tmp_path):
-    trt, _ = stand_in(profile=((2, 4), (2, 4), (2, 4)))
-    runner = load_engine(make_plan(tmp_path / "art"))
-    x = np.arange(5 * 3 * 32 * 32, dtype=np.float32).reshape(5, 3, 32, 32)
-    np.testing.assert_allclose(runner(x), 2 * x.reshape(5, -1)[:, :10] + 1)  # the last image padded to batch 2
-    assert [c[2][0] for c in trt.calls if c[0] == "set_input_shape"] == [2, 2, 2]
-    assert not any(c[0] == "profile_shape" for c in trt.calls)
-
-
-def test_a_shape_outside_the_profile_is_a_clear_error(stand_in, tmp_path):
-    stand_in(profile=((1, 4), (2, 4), (8, 4)))
-    runner = load_engine(make_plan(tmp_path / "art"))
-    with pytest.raises(TargetError, match=r"refused input shape \[1, 3, 64, 64\] for 'input': the engine's profile "
-                                          r"allows \[1, 3, 32, 32\] to \[8, 3, 32, 32\]") as e:
-        runner(np.zeros((1, 3, 64, 64), np.float32))
-    assert "rebuild" in e.value.fix
-
-
-def test_non_float32_io_is_a_clear_error(stand_in, tmp_path):
-    stand_in(dtype="HALF")
-    with pytest.raises(TargetError, match="output 'logits' is HALF, not float32") as e:
-        load_engine(make_plan(tmp_path / "art"))
-    assert "model.onnx" in e.value.fix
-
-
-def test_a_plan_from_another_tensorrt_says_so(stand_in, tmp_path):
-    stand_in()
-    art = make_plan(tmp_path / "art", {"tensorrt": "10.0.1", "gpu": "Orin"})
-    (art / "model.plan").write_bytes(b"not a plan")
-    with pytest.raises(EngineUnavailable, match="built by TensorRT 10.0.1 on Orin and does not load with TensorRT "
-                                                "10.3.0"):
-        load_engine(art)
-
-
-def test_engine_unavailable_says_what_is_missing(stand_in, monkeypatch):
-    trt, rt = stand_in()
-    assert engine_unavailable() is None
-    rt.cudaGetDeviceCount = lambda: (0, 0)
-    assert "no CUDA GPU is visible" in engine_unavailable()
-    rt.cudaGetDeviceCount = lambda: (enum.IntEnum("cudaError_t", {"cudaErrorInsufficientDriver": 35})(35), None)
-    assert "no CUDA GPU is usable (cudaGetDeviceCount: cudaErrorInsufficientDriver)" in engine_unavailable()
-    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime"):
-        monkeypatch.setitem(sys.modules, name, None)
-    assert "pip install cuda-python" in engine_unavailable()
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    assert "TensorRT is not installed" in engine_unavailable()
-
-
-def test_builder_and_runner_import_no_torch(stand_in, monkeypatch, tmp_path):
-    import ast
-
-    from edgevit.targets import trt_engine, trt_runtime
-
-    for mod in (trt_engine, trt_runtime):  # no import of torch anywhere, function-local ones included
-        tree = ast.parse(Path(mod.__file__).read_text())
-        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-        assert not [m for m in names if m.split(".")[0] == "torch"], mod.__name__
-    stand_in()
-    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` from here on raises
-    onnx_path = tmp_path / "model.onnx"
-    onnx_path.write_bytes(b"onnx")
-    build_engine(onnx_path, tmp_path, EngineOptions(max_batch=4), [3, 32, 32])
-    assert load_engine(tmp_path)(np.ones((5, 3, 32, 32), np.float32)).shape == (5, 10)
-    assert engine_layers(tmp_path)["summary"]["layers"] == 5
-
-
-def test_engine_layers_summary_says_what_it_can_tell():
-    detailed = summarize_layers(RECORDED_LAYERS)["summary"]
-    assert detailed["attention_fused"] is True and detailed["by_precision"]["int8"] == 1
-    myelin = summarize_layers(json.dumps({"Layers": [
-        {"Name": "{ForeignNode[/blocks.0/attn/MatMul.../blocks.0/attn/proj/MatMul]}", "LayerType": "Myelin",
-         "Inputs": [{"Format/Datatype": "N/A due to dynamic shapes"}], "Outputs": []}]}))["summary"]
-    assert myelin["attention_fused"] is None and myelin["myelin_nodes"] == 1 and myelin["by_precision"] == {
-        "unknown": 1}
-    plain = summarize_layers(json.dumps({"Layers": [
-        {"Name": "/blocks.0/attn/MatMul", "LayerType": "MatrixMultiply",
-         "Inputs": [{"Format/Datatype": "Row major linear FP16 format"}]},
-        {"Name": "/blocks.0/attn/Softmax", "LayerType": "Softmax", "Inputs": [{"Format/Datatype": "Float"}]}]}))
-    assert plain["summary"]["attention_fused"] is False and plain["layers"][0]["precision"] == "fp16"
-    names = summarize_layers(json.dumps({"Layers": ["/blocks.0/attn/qkv/MatMul", "_gemm_mha_v2_myl0_3"]}))
-    assert names["summary"]["detail"] == "names only" and names["summary"]["attention_fused"] is True
-    assert summarize_layers("")["summary"]["attention_fused"] is None
-
-
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 def test_build_script_writes_engine_json(stand_in, tmp_path):
     art, bin_dir = tmp_path / "art", tmp_path / "bin"
@@ -564,7 +226,7 @@ def test_build_script_writes_engine_json(stand_in, tmp_path):
     meta = json.loads((art / "engine.json").read_text())
     assert meta["tensorrt"] == "10.3.0" and meta["gpu"] == 'NVIDIA "Quoted" GPU' and meta["built_by"] == BUILD_SCRIPT
     assert meta["trtexec_args"] == args and meta["runtime_precision"] == "int8 GEMMs + fp16"
-    assert meta["profile"] == {"input": [[1, 3, 32, 32], [1, 3, 32, 32], [4, 3, 32, 32]]}
+    assert meta["profiles"] == EngineOptions(max_batch=4).profiles([3, 32, 32])
     assert meta["engine_sha256"] == hashlib.sha256(b"PLAN:script").hexdigest() and meta["engine_bytes"] == 11
     smi.unlink()  # no nvidia-smi (a Jetson): the GPU trtexec selected
     r = subprocess.run(["bash", str(art / "build_engine.sh")], env=env, capture_output=True, text=True, timeout=60)
@@ -641,7 +303,7 @@ def test_engine_builds_loads_and_matches(trt_run, name, tmp_path, tiny_checkpoin
     mf = json.loads((art / "manifest.json").read_text())
     assert mf["export"]["engine"]["built"] is True and (art / "model.plan").is_file()
     meta = json.loads((art / "engine.json").read_text())
-    assert meta["strongly_typed"] and meta["profile"]["input"][2][0] == 4
+    assert meta["strongly_typed"] and meta["profiles"][0]["input"][2][0] == 4
     runner = trtmod.TensorRtTarget.load(get_target(name), art)
     assert runner.info["runtime"].startswith("tensorrt")
     x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)  # > max batch: chunks

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -146,7 +147,8 @@ def fit_profile(args: list[str], batch: int) -> tuple[list[str], str | None]:
         for e in entries:
             e[1][0] = pick(e[1][0], batch)
     new = [f"--minShapes={_spec(lo)}", f"--optShapes={_spec(opt)}", f"--maxShapes={_spec(hi)}"]
-    is_shape = lambda a: any(a.startswith(f"--{k}=") for k in SHAPE_FLAGS)  # noqa: E731
+    # one profile replaces them all: the --profile=N flags of a several-profile build go with their shapes
+    is_shape = lambda a: any(a.startswith(f"--{k}=") for k in SHAPE_FLAGS) or re.fullmatch(r"--profile=\d+", a)  # noqa: E731
     first = next(i for i, a in enumerate(args) if is_shape(a))
     return args[:first] + new + [a for a in args[first:] if not is_shape(a)], note
 

@@ -6,19 +6,20 @@ from typing import List, Optional
 
 import typer
 
-from .common import default_out, fresh, friendly, given, out, split_targets
-
-INT8 = "int8 (calibration, --max-drop, QAT)"
-DEVICE = "TensorRT engines and CoreML packages"
-TARGET_OPTIONS = ("calib", "calib_size", "calib_seed", "calib_grey", "calibrator", "form", "max_drop", "max_float",
-                  "exclude", "quantize_head", "quantize_norms", "smooth_quant", "qat_epochs", "qat_lr",
-                  "qat_batch_size", "qat_distill", "max_batch", "workspace_mb", "timing_cache", "coreml_w8a8",
-                  "ort_fusion")
+from .common import default_out, fresh, friendly, out, split_targets
+from .options import TargetOptionsCommand
 
 
-def _export_command(default_targets: List[str], doc: str):
-    """export and quantize share every option; only the default targets and the help differ.
-    Target options default to None (not given): their defaults live in the targets' Options dataclasses."""
+def _int8_default() -> list[str]:
+    from ..targets.registry import quantize_targets
+
+    return quantize_targets()
+
+
+def _export_command(name: str, default_targets: list[str] | None, doc: str) -> TargetOptionsCommand:
+    """export and quantize share every option; only the default targets and the help differ (quantize's:
+    every int8 target of edgevit.quant, read from the table). The target options are generated from the
+    targets' Options dataclasses (:mod:`.options`)."""
 
     def command(
         model: str = typer.Option("deit_tiny", "--model", "-m", help="zoo short name (`edgevit models`) or any timm name"),
@@ -39,43 +40,21 @@ def _export_command(default_targets: List[str], doc: str):
         bench: bool = typer.Option(True, help="benchmark latency after export"),
         batch: int = typer.Option(1, help="benchmark batch size"),
         threads: Optional[int] = typer.Option(None, help="benchmark threads (default: all cores)"),
-        calib: Optional[str] = typer.Option(None, help="images to calibrate on: a folder (class sub-folders or flat), CIFAR folder or 'digits' (default: the training images of --data)", rich_help_panel=INT8),
-        calib_size: Optional[int] = typer.Option(None, help="calibration images, drawn class by class, deterministic [default: 300]", rich_help_panel=INT8),
-        calib_seed: Optional[int] = typer.Option(None, help="seed of the class-by-class calibration draw [default: 0]", rich_help_panel=INT8),
-        calib_grey: Optional[bool] = typer.Option(None, "--calib-grey", help="accept a calibration set of mostly 1-channel images (models fed grey images as RGB)", rich_help_panel=INT8),
-        calibrator: Optional[str] = typer.Option(None, help="minmax | percentile | entropy | distribution (default: the backend's measured best)", rich_help_panel=INT8),
-        form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic (default, no calibration; fast on VNNI/AMX CPUs) | static (calibrated Q/DQ, often faster on AVX2-only CPUs)", rich_help_panel=INT8),
-        max_drop: Optional[float] = typer.Option(None, help="keep the most sensitive layers float until the top-1 drop on held-out calibration-source images is at most this many points", rich_help_panel=INT8),
-        max_float: Optional[int] = typer.Option(None, help="at most this many layers kept float by --max-drop (default: half)", rich_help_panel=INT8),
-        exclude: List[str] = typer.Option([], help="keep this layer float (ONNX node name, repeatable)", rich_help_panel=INT8),
-        quantize_head: Optional[bool] = typer.Option(None, "--quantize-head", help="quantize the classifier head too", rich_help_panel=INT8),
-        quantize_norms: Optional[bool] = typer.Option(None, "--quantize-norms", help="also put Q/DQ on LayerNorm and Softmax inputs (aggressive; costs accuracy)", rich_help_panel=INT8),
-        smooth_quant: Optional[float] = typer.Option(None, help="openvino-int8 SmoothQuant alpha (default NNCF's 0.95; -1 turns it off)", rich_help_panel=INT8),
-        qat_epochs: Optional[int] = typer.Option(None, help="quantization-aware fine-tuning epochs on --data's training images (NNCF) [default: 0: post-training only]", rich_help_panel=INT8),
-        qat_lr: Optional[float] = typer.Option(None, help="QAT learning rate, a fraction of the training one [default: 1e-5]", rich_help_panel=INT8),
-        qat_batch_size: Optional[int] = typer.Option(None, help="QAT batch size [default: 64]", rich_help_panel=INT8),
-        qat_distill: Optional[bool] = typer.Option(None, "--qat-distill/--no-qat-distill", help="QAT also learns from the float model's logits (knowledge distillation) [default: on]", rich_help_panel=INT8),
-        max_batch: Optional[int] = typer.Option(None, help="TensorRT: largest batch of the engine's dynamic-batch profile, opt = min = 1 [default: 8]", rich_help_panel=DEVICE),
-        workspace_mb: Optional[int] = typer.Option(None, help="TensorRT: builder workspace limit in MiB (Jetson Orin Nano: 512-1024) [default: 1024]", rich_help_panel=DEVICE),
-        timing_cache: Optional[str] = typer.Option(None, help="TensorRT: timing cache file reused across builds ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off) [default: default]", rich_help_panel=DEVICE),
-        coreml_w8a8: Optional[bool] = typer.Option(None, "--coreml-w8a8", help="coreml-int8: int8 activations as well as weights (calibrated on --calib; coremltools runs the model for it: macOS only)", rich_help_panel=DEVICE),
-        ort_fusion: Optional[bool] = typer.Option(None, "--ort-fusion", help="onnx / onnx-int8 (dynamic form): fuse each ViT attention block into ONNX Runtime's Attention op (QAttention in int8) and run ORT's transformer optimizer; measured 0-3 % faster on DeiT-Ti @224"),
+        options: Optional[dict] = None,  # the target options given (generated flags)
     ):
         from .. import api
 
-        values = locals()
         tgts = split_targets(target)
         spec = api.ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                              checkpoint=str(checkpoint) if checkpoint else None,
                              pretrained=pretrained and not checkpoint, prune=prune)
         opts = api.ExportOptions(targets=tgts, out=out_dir or default_out(model, tgts), data=data, split=split,
                                  val_fraction=val_fraction, seed=seed, exist_ok=exist_ok, validate_limit=limit,
-                                 bench=bench, batch=batch, threads=threads,
-                                 options=given({k: values[k] for k in TARGET_OPTIONS}))
+                                 bench=bench, batch=batch, threads=threads, options=options or {})
         api.export(spec, opts)
 
-    command.__doc__ = doc
-    return command
+    command.__name__ = name
+    return TargetOptionsCommand(command, doc, {"target": _int8_default} if default_targets is None else None)
 
 
 EXPORT_DOC = """Export a model to one or more targets, check each against PyTorch, validate, bench and report.
@@ -97,8 +76,8 @@ QUANTIZE_DOC = """int8 post-training quantization to every int8 target, validate
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(friendly(_export_command(["onnx"], EXPORT_DOC)))
-    app.command("quantize")(friendly(_export_command(["openvino-int8", "onnx-int8", "tensorrt-int8"], QUANTIZE_DOC)))
+    app.command("export")(friendly(_export_command("export", ["onnx"], EXPORT_DOC)))
+    app.command("quantize")(friendly(_export_command("quantize", None, QUANTIZE_DOC)))
     app.command("prune")(friendly(prune_cmd))
     app.command("engine")(friendly(engine))
 
@@ -202,7 +181,8 @@ def eager_line(eager: dict | None, run_dir: Path) -> str:
 
 
 def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorrt-int8 artifact directory"),
-           max_batch: int = typer.Option(8, help="largest batch of the dynamic-batch profile"),
+           opt_batch: int = typer.Option(1, help="the latency batch: a profile of its own, tuned for it"),
+           max_batch: int = typer.Option(8, help="the throughput (largest) batch: a profile of its own, tuned for it"),
            workspace_mb: int = typer.Option(1024, help="builder workspace limit in MiB"),
            timing_cache: str = typer.Option("default", help="timing cache file ('default': ~/.cache/edgevit/tensorrt/timing.cache; 'none': off)")):
     """Build the TensorRT engine of an exported artifact on this machine (needs TensorRT and a GPU).
@@ -215,7 +195,8 @@ def engine(artifact: Path = typer.Argument(..., help="a tensorrt-fp16 or tensorr
     """
     from .. import api
 
-    meta = api.build_engine(artifact, api.EngineOptions(max_batch=max_batch, workspace_mb=workspace_mb,
-                                                        timing_cache=timing_cache))
+    eopts = api.EngineOptions(opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
+                              timing_cache=timing_cache)
+    meta = api.build_engine(artifact, eopts)
     out.print(f"engine: {Path(artifact) / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, "
               f"{meta['build_s']:.0f} s)", highlight=False)

@@ -7,10 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import fresh, friendly, given, out, split_targets
-
-INT8 = "int8 (calibration, --max-drop)"
-TARGET_OPTIONS = ("calib", "calib_size", "calibrator", "form", "max_drop", "smooth_quant", "max_batch", "workspace_mb")
+from .common import fresh, friendly, out, split_targets
+from .options import TargetOptionsCommand
 
 ZEROSHOT_DOC = """Bake a two-tower model's class prompts into one classifier, then export, validate, bench and report it.
 
@@ -54,18 +52,10 @@ def zeroshot(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/zeroshot-<model>)"),
     exist_ok: bool = typer.Option(False, help="write into an existing --out"),
     bench: bool = typer.Option(True, help="benchmark latency after export"),
-    calib: Optional[str] = typer.Option(None, help="images to calibrate on (default: the training images of --data)", rich_help_panel=INT8),
-    calib_size: Optional[int] = typer.Option(None, help="calibration images [default: 300]", rich_help_panel=INT8),
-    calibrator: Optional[str] = typer.Option(None, help="minmax | percentile | entropy | distribution", rich_help_panel=INT8),
-    form: Optional[str] = typer.Option(None, help="onnx-int8 form: dynamic | static", rich_help_panel=INT8),
-    max_drop: Optional[float] = typer.Option(None, help="keep the most sensitive layers float until the top-1 drop is at most this", rich_help_panel=INT8),
-    smooth_quant: Optional[float] = typer.Option(None, help="openvino-int8 SmoothQuant alpha (-1: off)", rich_help_panel=INT8),
-    max_batch: Optional[int] = typer.Option(None, help="TensorRT: largest batch of the engine profile [default: 8]"),
-    workspace_mb: Optional[int] = typer.Option(None, help="TensorRT: builder workspace in MiB [default: 1024]"),
+    options: Optional[dict] = None,  # the target options given (generated flags: .options)
 ):
     from .. import api
 
-    values = locals()
     zopts = api.ZeroShotOptions(model=model, classes=classes, templates=templates,
                                 checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained, cache=cache)
     slug = Path(model.rstrip("/")).name.replace(":", "-") or "model"
@@ -76,7 +66,7 @@ def zeroshot(
                   "--target ...", highlight=False)
         return
     opts = api.ExportOptions(targets=split_targets(target), out=run_dir, data=data, split=split, exist_ok=exist_ok,
-                             validate_limit=limit, bench=bench, options=given({k: values[k] for k in TARGET_OPTIONS}))
+                             validate_limit=limit, bench=bench, options=options or {})
     api.zeroshot(zopts, opts, prune=prune)
 
 
@@ -125,6 +115,5 @@ def lit(
 
 
 def register(app: typer.Typer) -> None:
-    zeroshot.__doc__ = ZEROSHOT_DOC
-    app.command("zeroshot")(friendly(zeroshot))
+    app.command("zeroshot")(friendly(TargetOptionsCommand(zeroshot, ZEROSHOT_DOC)))
     app.command("lit")(friendly(lit))

@@ -26,9 +26,8 @@ __all__ = ["ModelEntry", "ModelSpec", "ModelTransform", "register", "list_models
            "load_state_dict", "with_checkpoint_hash", "count_params", "hub_reachable",
            "HEAD_MODULES"]  # timm's register_model appends resnet18_cifar
 
-# The classifier heads of the models edgevit builds (ViT/DeiT head and head_dist, ResNet fc, others'
-# classifier): the one list. Checkpoint loading checks their class count; int8 keeps them float.
-HEAD_MODULES = ("head", "head_dist", "fc", "classifier")
+# The classifier heads (the float scope's one list): checkpoint loading checks their class count.
+from ..float_scope import HEAD_MODULES  # noqa: E402
 
 
 class ModelTransform(Protocol):

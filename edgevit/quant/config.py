@@ -1,9 +1,8 @@
-"""The int8 options every int8 target shares, and the one place that says what stays float.
+"""The int8 options every int8 target shares.
 
-What stays float (ModelOpt keeps it in one config; so does edgevit): the classifier head (the
-modules named in :data:`edgevit.models.HEAD_MODULES`) unless ``quantize_head``, LayerNorm and
-Softmax unless ``quantize_norms``, and every layer in ``exclude``. The ONNX Runtime forms, NNCF
-(PTQ and QAT) and the TensorRT rules all ask :func:`is_head` and :data:`NORM_OPS`.
+What stays float is the one :class:`~edgevit.float_scope.FloatScope` (torch-free: the TensorRT runtime
+imports this module on a board without PyTorch); :meth:`QuantConfig.float_scope` is the scope these
+options ask for, and every int8 form asks it.
 """
 from __future__ import annotations
 
@@ -11,25 +10,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import EdgeVitError
-from ..models import HEAD_MODULES
+from ..float_scope import GEMM_OPS, FloatScope
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "distribution")
-NORM_OPS = ("LayerNormalization", "Softmax")  # kept float unless quantize_norms
-INT8_OPS = ("MatMul", "Gemm", "Conv")  # what the Q/DQ forms quantize
+INT8_OPS = GEMM_OPS  # what the Q/DQ forms quantize (the scope's)
+is_head = FloatScope.is_head  # the scope's, for callers that name it here
 
 
 class QuantizationError(EdgeVitError):
     """Quantization could not meet what was asked (e.g. ``--max-drop``)."""
-
-
-def is_head(layer: str) -> bool:
-    """Is this graph node (ONNX '/head/Gemm', OpenVINO 'head/WithoutBiases', ...) in the classifier head?"""
-    return layer.strip("/").split("/")[0].split(".")[0] in HEAD_MODULES
-
-
-def head_pattern() -> str:
-    """:func:`is_head` as a regular expression over NNCF's PyTorch node names."""
-    return rf"^({'|'.join(HEAD_MODULES)})/.*"
 
 
 def pretty(layer: str) -> str:
@@ -61,7 +50,7 @@ class QuantConfig(CalibOptions):
 
     calibrator: str | None = None  # None: the backend's measured default (see DEFAULT_CALIBRATOR)
     quantize_head: bool = False  # the classifier head stays float unless asked
-    quantize_norms: bool = False  # ask for Q/DQ on LayerNorm/Softmax inputs too (aggressive)
+    quantize_norms: bool = False  # ask for Q/DQ on LayerNorm inputs too (aggressive; Softmax's never)
     per_channel: bool = True
     max_drop: float | None = None  # top-1 points on the control images; None = plain PTQ
     max_float: int | None = None  # at most this many layers kept float (default: half of them)
@@ -74,6 +63,10 @@ class QuantConfig(CalibOptions):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def float_scope(self, exclude=()) -> FloatScope:
+        """What these options keep float, with ``exclude`` (e.g. the ``--max-drop`` search's layers) added."""
+        return FloatScope.of(self.quantize_head, self.quantize_norms, [*self.exclude, *exclude])
 
     def check(self) -> None:
         """Option errors before any work (and before a run directory exists)."""

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import QuantConfig, calibrator_for, is_head, pretty
+from .config import QuantConfig, calibrator_for, pretty
 
 
 def openvino_layers(onnx_fp32: Path, cfg: QuantConfig) -> list[str]:
     import openvino as ov
 
-    return [n for n in _ov_layers(ov.Core().read_model(str(onnx_fp32))) if cfg.quantize_head or not is_head(n)]
+    scope = cfg.float_scope()
+    return [n for n in _ov_layers(ov.Core().read_model(str(onnx_fp32))) if not (scope.head and scope.is_head(n))]
 
 
 def _ov_layers(model) -> list[str]:
@@ -35,8 +36,9 @@ def quantize_openvino(onnx_fp32: Path, dst_xml: Path, calib: np.ndarray, cfg: Qu
     model = ov.Core().read_model(str(onnx_fp32))
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
     every = _ov_layers(model)
-    layers = [n for n in every if cfg.quantize_head or not is_head(n)]
-    keep = [n for n in layers if n in set(exclude) | set(cfg.exclude)]
+    scope = cfg.float_scope(exclude)
+    layers = [n for n in every if not (scope.head and scope.is_head(n))]
+    keep = [n for n in layers if n in scope.exclude]
     ignored = keep + [n for n in every if n not in layers]  # the head, unless asked
     method = calibrator_for("nncf", cfg)
     adv = AdvancedQuantizationParameters()

@@ -54,13 +54,26 @@ def build(form: str, onnx_fp32: Path, dst: Path, calib: np.ndarray | None, cfg: 
     x = calib if needs_calibration(form) else None
     if form != "trt-qdq":
         return quantize_onnx(form, onnx_fp32, dst, x, cfg, exclude, range_cache=cache)
-    from .fp16 import fp16_outside_gemms
-
     with tempfile.TemporaryDirectory(prefix="edgevit-qdq-") as work:  # TensorRT's: fp16 outside the GEMMs
-        qdq32 = Path(work) / "qdq32.onnx"
-        facts = quantize_onnx(form, onnx_fp32, qdq32, x, cfg, exclude, range_cache=cache)
-        facts.pop("external_data", None)
-        return {**facts, **fp16_outside_gemms(qdq32, dst)}
+        return _trt_qdq(onnx_fp32, Path(work) / "qdq32.onnx", dst, x, cfg, exclude, cache)
+
+
+def _trt_qdq(onnx_fp32: Path, qdq32: Path, dst: Path, x, cfg: QuantConfig, exclude: list[str],
+             cache: Path | None) -> dict[str, Any]:
+    """The Q/DQ graph, fp16 outside its GEMMs; a layer whose int8 scale is subnormal in fp16 is kept float
+    (quantized again without it) rather than stored with a changed scale."""
+    import onnx
+
+    from .fp16 import fp16_outside_gemms, fp16_subnormal_layers
+    from .ort import quantize_onnx
+
+    facts = quantize_onnx("trt-qdq", onnx_fp32, qdq32, x, cfg, exclude, range_cache=cache)
+    tiny = fp16_subnormal_layers(onnx.load(str(qdq32), load_external_data=False))
+    if tiny:
+        facts = quantize_onnx("trt-qdq", onnx_fp32, qdq32, x, cfg, [*exclude, *tiny], range_cache=cache)
+    facts.pop("external_data", None)
+    facts["fp16_subnormal_kept_float"] = [pretty(n) for n in tiny]
+    return {**facts, **fp16_outside_gemms(qdq32, dst)}
 
 
 def quantize(form: str, onnx_fp32: Path, dst: Path, cfg: QuantConfig, calib: Any = None,

@@ -27,7 +27,7 @@ from ..data import load_split
 from ..errors import DataError
 from ..graph import INPUT, OPSET, OUTPUT
 from ..train.engine import TrainConfig, fit, train_transform
-from .config import QuantConfig, head_pattern
+from .config import QuantConfig
 from .nncf_ext import ensure_nncf_extensions
 
 
@@ -58,10 +58,11 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
     adv = nncf.AdvancedQuantizationParameters(
         overflow_fix=nncf.OverflowFix.ENABLE if overflow else nncf.OverflowFix.DISABLE)
     dataset = nncf.Dataset([torch.from_numpy(calib[i:i + 1]) for i in range(len(calib))])
+    scope = qcfg.float_scope()  # the head stays float unless --quantize-head (NNCF keeps norms/softmax float)
+    ignored = nncf.IgnoredScope(patterns=[scope.head_pattern()], validate=False) if scope.head else None
     qmodel = nncf.quantize(copy.deepcopy(model).eval(), dataset, subset_size=len(calib),
                            model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
-                           ignored_scope=nncf.IgnoredScope(patterns=[head_pattern()], validate=False),
-                           advanced_parameters=adv)
+                           ignored_scope=ignored, advanced_parameters=adv)
     tcfg = TrainConfig(epochs=qcfg.qat_epochs, batch_size=qcfg.qat_batch_size, lr=qcfg.qat_lr, min_lr=qcfg.qat_lr / 10,
                        warmup_epochs=0, label_smoothing=0.0, weight_decay=0.0, seed=seed,
                        distillation="soft" if qcfg.qat_distill else "none", alpha=0.5, tau=1.0, amp=False)

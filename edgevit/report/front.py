@@ -6,7 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"openvino": "tab:blue", "onnx": "tab:orange"}
+from ..targets import TARGETS
+from .plot import backend_color
+
+
+def family_colours(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each runtime family in the colour of its targets' backend, as in the run report's plots."""
+    out = {}
+    for r in rows:
+        t = TARGETS.get(r["target"])
+        out.setdefault(r["family"], backend_color(t.backend) if t is not None else "tab:gray")
+    return out
 
 
 def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: Path, title: str,
@@ -18,15 +28,16 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
     from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(11, 6.5), dpi=110)
+    colours = family_colours(rows)
     by_n = {r["n"]: r for r in rows}
     scored = [r for r in rows if r.get("drop_pts") is not None]
     for r in scored:
-        color = COLORS.get(r["family"], "tab:gray")
+        color = colours[r["family"]]
         lo, hi = r["drop_ci95_pts"]
         ax.errorbar(r["p50_ms"], r["drop_pts"], yerr=[[r["drop_pts"] - lo], [hi - r["drop_pts"]]], fmt="none",
                     ecolor=color, alpha=0.25, lw=1)
         ax.scatter(r["p50_ms"], r["drop_pts"], s=160 if r.get("winner") else 36,
-                   marker="*" if r.get("winner") else ("s" if r["target"].endswith("int8") else "o"),
+                   marker="*" if r.get("winner") else ("s" if r.get("int8") else "o"),
                    facecolors=color if r["weights"] == "fine-tuned" or r.get("winner") else "white",
                    edgecolors=color, zorder=3)
         ax.annotate(str(r["n"]), (r["p50_ms"], r["drop_pts"]), textcoords="offset points", xytext=(4, 3), fontsize=7,
@@ -35,10 +46,10 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
         pts = [by_n[n] for n in ns]
         if pts:
             ax.step([p["p50_ms"] for p in pts], [p["drop_pts"] for p in pts], where="post",
-                    color=COLORS.get(fam, "tab:gray"), lw=1.5, alpha=0.8)
-        dense = [r for r in rows if r["family"] == fam and r["prune"] == "dense" and not r["target"].endswith("int8")]
+                    color=colours.get(fam, "tab:gray"), lw=1.5, alpha=0.8)
+        dense = [r for r in rows if r["family"] == fam and r["prune"] == "dense" and not r.get("int8")]
         if dense:
-            ax.axvline(dense[0]["p50_ms"], color=COLORS.get(fam, "tab:gray"), ls=":", lw=1)
+            ax.axvline(dense[0]["p50_ms"], color=colours.get(fam, "tab:gray"), ls=":", lw=1)
     unscored = [r for r in rows if r.get("drop_pts") is None]
     if unscored:
         ax.plot([r["p50_ms"] for r in unscored], [0] * len(unscored), "|", color="0.6", ms=10,
@@ -53,8 +64,8 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
     ax.set_ylabel("top-1 drop vs the dense float model, points (95 % interval)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], color=COLORS.get(f, "tab:gray"), lw=1.5, label=f"{f}: Pareto front") for f in fronts]
-    handles += [Line2D([], [], color=COLORS.get(f, "tab:gray"), ls=":", label=f"{f}: dense float") for f in fronts]
+    handles = [Line2D([], [], color=colours.get(f, "tab:gray"), lw=1.5, label=f"{f}: Pareto front") for f in fronts]
+    handles += [Line2D([], [], color=colours.get(f, "tab:gray"), ls=":", label=f"{f}: dense float") for f in fronts]
     handles += [Line2D([], [], marker="o", ls="", mfc="white", mec="k", label="float target"),
                 Line2D([], [], marker="s", ls="", mfc="white", mec="k", label="int8 target"),
                 Line2D([], [], marker="o", ls="", mfc="k", mec="k", label="fine-tuned (filled)"),

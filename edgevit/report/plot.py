@@ -7,24 +7,36 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..targets.registry import backends
 from .device import is_device_row
 
 DEVICE_COLOR = "#76b900"  # rows measured on an edge device (results/device.json)
 OTHER_COLOR = "#d62728"
-BACKENDS = {  # backend: (legend label, colour)
-    "pytorch": ("PyTorch", "#7f7f7f"), "onnxruntime": ("ONNX Runtime", "#1f77b4"),
-    "openvino": ("OpenVINO", "#6a3d9a"), "tensorrt": ("TensorRT", "#ff7f0e"), "coreml": ("CoreML", "#e377c2"),
-}
+FRONT_COLOR = "#2ca02c"
+REFERENCE = {"pytorch": ("PyTorch", "#7f7f7f")}  # rows of no target: PyTorch eager (and on the GPU)
+# Colours for backends that declare none (Target.colour), given in order of registration: matplotlib's
+# tab10, less the colours the figure uses for other things.
+PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78")
 EAGER = "pytorch-eager"
 CLIP = 1.3  # the bar chart's axis ends at this multiple of the largest p50
 
 
+def backend_styles() -> dict[str, tuple[str, str]]:
+    """backend -> (legend label, colour): the registered targets' declarations (the backend's name where a
+    label is missing; the next free palette colour where a colour is), and PyTorch's for reference rows."""
+    declared = backends()
+    used = {c for _, c in declared.values()} | {c for _, c in REFERENCE.values()}
+    free = iter([c for c in PALETTE if c not in used])
+    out = {b: (label, colour or next(free, OTHER_COLOR)) for b, (label, colour) in declared.items()}
+    return {**out, **REFERENCE}
+
+
 def backend_label(backend: str | None) -> str:
-    return BACKENDS.get(str(backend), (str(backend or "other"), OTHER_COLOR))[0]
+    return backend_styles().get(str(backend), (str(backend or "other"), OTHER_COLOR))[0]
 
 
 def backend_color(backend: str | None) -> str:
-    return BACKENDS.get(str(backend), ("", OTHER_COLOR))[1]
+    return backend_styles().get(str(backend), ("", OTHER_COLOR))[1]
 
 
 def scatter_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,7 +71,7 @@ def _scatter(ax, rows: list[dict[str, Any]]) -> None:
                        label=f"float PyTorch top-1 ({eager['top1']:.1f} %)")
     front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["p50_ms"])
     if len(front) >= 2:  # one point is no line: then no legend entry either
-        ax.plot([r["p50_ms"] for r in front], [y(r) for r in front], drawstyle="steps-post", color="#2ca02c",
+        ax.plot([r["p50_ms"] for r in front], [y(r) for r in front], drawstyle="steps-post", color=FRONT_COLOR,
                 lw=1.5, zorder=2, label="Pareto front (circled)")
     for backend in dict.fromkeys(r.get("backend") for r in pts):
         ax.scatter([], [], color=backend_color(backend), label=backend_label(backend))

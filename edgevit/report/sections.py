@@ -13,13 +13,11 @@ from ..errors import TargetError
 from ..eval.machine import cpu_facts, isa_label, missing_int8_isa
 from ..manifest import read_json
 from ..targets import get_target
+from ..targets.registry import float_twin_of, int8_targets
 from .device import is_device_row
 
 FLOAT_LAYERS = "layers kept float"
 CHANCE_MARGIN_PTS = 5.0  # a float top-1 this close to chance (100 / classes) is a model that guesses
-INT8_TWINS = {"openvino-int8": "openvino", "onnx-int8": "onnx", "tensorrt-int8": "tensorrt-fp16",
-              "coreml-int8": "coreml"}
-CPU_BACKENDS = ("openvino", "onnxruntime")  # whose int8 speed follows the CPU's instruction sets
 
 
 def load_json(path: Path) -> dict[str, Any]:
@@ -129,16 +127,18 @@ def noise_warning(rows: list[dict[str, Any]]) -> str | None:
 
 
 def int8_slower_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """An int8 artifact slower than its float twin in the same bench, and why (the CPU's instruction sets)."""
+    """An int8 artifact slower than its float twin (:func:`float_twin_of`) in the same bench, and why: the
+    CPU's instruction sets where its target's int8 speed follows them (``isa_sensitive``)."""
     by_name, out = {r["name"]: r for r in local_rows(rows)}, []
-    for name, twin_name in INT8_TWINS.items():
-        q, f = by_name.get(name), by_name.get(twin_name)
+    for name in int8_targets():
+        twin_name = float_twin_of(name)
+        q, f = by_name.get(name), by_name.get(twin_name or "")
         if q is None or f is None or q["p50_ms"] <= f["p50_ms"]:
             continue
         text = (f"WARNING: {name} is slower than its float twin {twin_name} ({q['p50_ms']:.2f} vs "
                 f"{f['p50_ms']:.2f} ms p50)")
         cpu = q.get("cpu") if isinstance(q.get("cpu"), dict) else None
-        why = missing_int8_isa((cpu or cpu_facts()).get("isa")) if q.get("backend") in CPU_BACKENDS else None
+        why = missing_int8_isa((cpu or cpu_facts()).get("isa")) if get_target(name).isa_sensitive else None
         if why:
             where = "" if cpu else " (the CPU this report was written on; the bench did not record its own)"
             out.append(f"{text}: {why}{where}.")

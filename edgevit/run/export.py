@@ -42,7 +42,7 @@ from ..progress import heartbeat, say
 from ..report.report import print_summary, write_report
 from ..targets import MANIFEST, ExportContext, Target, check_honoured, get_target, given_options, options_for
 from .artifacts import bench_artifacts, validate_artifacts
-from .int8 import Int8Inputs, int8_inputs
+from .int8 import Int8Inputs, calibration_source, int8_inputs
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ExportOptions:
                                   f"pass {flag} {max(low, 1)} or more" + (" (or leave it out)" if low else ""))
 
     def given(self) -> dict[str, Any]:
-        """The target options that differ from their defaults."""
+        """The target options given (all of ``options``, a value equal to its default included)."""
         return given_options(self.options)
 
 
@@ -109,6 +109,7 @@ def check_export(spec: ModelSpec, opts: ExportOptions) -> list[Target]:
     check_honoured(targets, given)
     for t in targets:
         t.check_options(options_for(t, given))
+    calibration_source(opts, targets)  # an int8 export with nothing to calibrate on fails here, not after a download
     spec.check()
     transforms.parse(spec.prune)
     probe_output(opts.out, opts.exist_ok)

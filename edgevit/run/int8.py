@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import train_part
+from ..data import EMBEDDED, train_part
 from ..errors import DataError
 from ..progress import heartbeat, say
 from ..quant.calibration import CalibSet, calibration_set, control_set
@@ -44,22 +44,41 @@ class Int8Inputs:
                               self.cfg, opts.out, work / "qat.onnx", self.val_fraction, self.seed)
 
 
+class CalibrationSourceError(DataError):
+    """An int8 export that needs calibration images has none to draw them from."""
+
+
+def calibration_source(opts, targets: list[Target]) -> str | None:
+    """Where the targets that need calibration draw it from (``--calib``, else ``--data``), checked before
+    any work (no model built, no weights downloaded); None when no target needs calibration."""
+    given = opts.given()
+    need = [t.name for t in targets if t.needs_calibration(options_for(t, given))]
+    if not need:
+        return None
+    source = given.get("calib") or opts.data
+    if source is None:
+        raise CalibrationSourceError(
+            f"{', '.join(need)} need(s) calibration images, and neither --calib nor --data was given",
+            "pass --calib DIR with a few hundred of the images the model will see (class sub-folders or flat), "
+            "or --data (its training images calibrate)")
+    if str(source) != EMBEDDED and not Path(source).expanduser().is_dir():
+        flag = "--calib" if given.get("calib") else "--data"
+        raise CalibrationSourceError(f"{flag} {source} is not a folder, and {', '.join(need)} calibrate(s) on it",
+                                     f"pass {flag} an existing folder of images (class sub-folders or flat), a "
+                                     f"CIFAR folder or '{EMBEDDED}'")
+    return str(source)
+
+
 def int8_inputs(opts, data_cfg: dict[str, Any], targets: list[Target]) -> Int8Inputs:
     """Calibration (and, for --max-drop, control) images for the targets that need them."""
     given = opts.given()
     cfg = QuantConfig(**{k: v for k, v in given.items() if k in _QUANT_FIELDS})
     takes = tuple(t.name for t in targets if isinstance(options_for(t, given), QuantConfig))
     out = Int8Inputs(cfg, data=opts.data, val_fraction=opts.val_fraction, seed=opts.seed, int8_targets=takes)
-    need = [t for t in targets if t.needs_calibration(options_for(t, given))]
-    if not need:
+    source, allowed = calibration_source(opts, targets), None
+    if source is None:
         return out
-    source, allowed = cfg.calib, None
-    if source is None:  # the training images of --data (its training part, when the split is carved)
-        if not opts.data:
-            raise DataError(f"{', '.join(t.name for t in need)} need(s) calibration images, and neither --calib "
-                            "nor --data was given", "pass --calib DIR with a few hundred of the images the model "
-                            "will see (class sub-folders or flat), or --data")
-        source = opts.data
+    if not cfg.calib:  # the training images of --data (its training part, when the split is carved)
         allowed = train_part(source, opts.val_fraction, opts.seed, opts.holdout)
     with heartbeat(f"calibration set from {source}"):
         out.calib = calibration_set(source, data_cfg, cfg.calib_size, cfg.calib_seed, allow_grey=cfg.calib_grey,

@@ -34,15 +34,15 @@ from .artifacts import bench_artifacts, load_artifact
 from .decide import decide, first_meeting
 from .export import ExportOptions, run_export
 from .search import (
-    FAMILIES,
-    TARGET_OPTIONS,
     Candidate,
     OptimizeOptions,
     SearchLog,
     candidates,
     default_space,
+    float_target,
     median_of_rounds,
     scale_prune,
+    search_options,
     slug,
     speed,
 )
@@ -148,7 +148,7 @@ class Search:
     def _int8_correct(self, cand: Candidate, tag: str, extra: dict[str, Any]) -> np.ndarray:
         o = self.opts
         out = o.out / "accuracy" / f"{slug(cand.prune)}-{tag}-{cand.target}{'-' + '-'.join(extra) if extra else ''}"
-        options = {"calib_size": o.calib_size, **TARGET_OPTIONS.get(cand.target, {}), **extra}
+        options = {"calib_size": o.calib_size, **search_options(cand.target), **extra}
         run_export(self.weights(cand.prune, tag), ExportOptions(
             targets=[cand.target], out=out, data=o.data, split=o.report_split, val_fraction=o.val_fraction,
             seed=o.seed, holdout=o.holdout, exist_ok=True, validate=False, bench=False, options=options))
@@ -161,7 +161,7 @@ class Search:
 
     def float_twin(self, cand: Candidate, tag: str) -> Paired:
         """The float model (same transforms and weights) of an int8 candidate, scored."""
-        return self.accuracy(Candidate(cand.prune, FAMILIES[cand.family][0], cand.family, None), tag)
+        return self.accuracy(Candidate(cand.prune, float_target(cand.family), cand.family, None), tag)
 
     def meets(self, p: Paired) -> bool:
         return p.budget_value(self.opts.strict) <= self.opts.max_drop
@@ -223,7 +223,7 @@ class Search:
         if not self.log.get("exported", slug(lat_prune)):
             t0 = time.monotonic()
             options = {"calib": self.opts.data, "calib_size": 8}
-            options.update({k: v for t in targets for k, v in TARGET_OPTIONS.get(t, {}).items()})
+            options.update({k: v for t in targets for k, v in search_options(t).items()})
             with torch.random.fork_rng():  # one seeded set of weights (latency only): a run that can be repeated
                 torch.manual_seed(self.opts.seed)
                 run_export(dataclasses.replace(self.lat_spec, prune=lat_prune), ExportOptions(
@@ -255,7 +255,7 @@ def run_optimize(spec: ModelSpec, opts: OptimizeOptions) -> dict[str, Any]:
 def walk_all(s: Search, lat: dict[str, dict[str, Any]]) -> dict[str, tuple[Candidate, str, Paired] | None]:
     """Fastest first per runtime; then fine-tune the transforms that could beat the best so far."""
     for p in s.space:  # untuned float accuracy of every transform: cheap, and the plot shows all of them
-        s.accuracy(Candidate(p, FAMILIES[s.opts.families[0]][0], s.opts.families[0], None), "base")
+        s.accuracy(Candidate(p, float_target(s.opts.families[0]), s.opts.families[0], None), "base")
     best = {fam: walk(s, fam, lat, None) for fam in s.opts.families}
     while s.opts.finetune_epochs and len(s.log.of_kind("finetune")) < s.opts.max_finetunes:
         nxt = next_finetune(s, lat, best)
@@ -292,7 +292,7 @@ def next_finetune(s: Search, lat: dict[str, dict[str, Any]], best) -> tuple[str,
         b = best.get(c.family)
         if b is not None and speed(lat[c.key]) >= speed(lat[b[0].key]):
             continue
-        twin = Candidate(c.prune, FAMILIES[c.family][0], c.family, None)
+        twin = Candidate(c.prune, float_target(c.family), c.family, None)
         if not s.log.get("finetune", f"{c.prune}#{short}"):
             if s.accuracy(twin, "base").budget_value(o.strict) - o.max_drop <= o.recoverable_pts:
                 return c.prune, short

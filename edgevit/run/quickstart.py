@@ -30,7 +30,6 @@ MIN_EPOCHS, MAX_EPOCHS = 3, 20
 # imports and conversions that hardly depend on the model's speed.
 FIXED_S = 30.0
 OTHER_STEPS = 50.0
-TENSORRT_BUILD_S = 60.0  # each tensorrt-* target when TensorRT and a GPU are here: an engine build
 EVAL_BATCH_COST = 1 / 3  # a forward-only batch of validation vs one training step
 
 
@@ -148,14 +147,9 @@ def _split_sizes(recipe: Recipe) -> tuple[int, int]:
     return len(train), len(val)
 
 
-def _tensorrt_builds(recipe: Recipe) -> float:
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None:
-        return 0.0
-    return TENSORRT_BUILD_S * sum(str(t).startswith("tensorrt") for t in recipe.targets)
+def _build_seconds(recipe: Recipe) -> float:
+    """What the targets' exports spend here beyond converting (engine builds), as each target estimates it."""
+    return sum(TARGETS[t].build_seconds() for t in recipe.targets if t in TARGETS)
 
 
 def quickstart_recipe(budget_s: float | None = None, epochs: int | None = None,
@@ -174,7 +168,7 @@ def quickstart_recipe(budget_s: float | None = None, epochs: int | None = None,
         step_s = measure_step(recipe)
     batch = recipe.train.batch_size
     plan = plan_epochs(step_s, max(1, n_train // batch), n_val, batch, budget_s, epochs=epochs,
-                       spent_s=time.perf_counter() - t0, extra_s=_tensorrt_builds(recipe))
+                       spent_s=time.perf_counter() - t0, extra_s=_build_seconds(recipe))
     recipe.train.epochs = plan.epochs
     if say is not None:
         say(plan.line())

@@ -1,5 +1,6 @@
 """What `edgevit optimize` searches and how it remembers: the candidates (token reduction × the
-float and int8 targets of each runtime), the Pareto front, and the append-only log a killed search
+float and int8 targets of each runtime family, as the targets declare them:
+:func:`edgevit.targets.base.families`), the Pareto front, and the append-only log a killed search
 resumes from, the search's options, and the median of timing rounds. The orchestration is in
 :mod:`edgevit.run.optimize`."""
 from __future__ import annotations
@@ -15,13 +16,9 @@ import numpy as np
 
 from ..errors import EdgeVitError, OptionError
 from ..models import ModelSpec
+from ..targets import TARGETS, get_target
+from ..targets.registry import families as target_families
 from ..transforms.tokens import max_tome_r
-
-# A runtime the search answers for -> its float and int8 targets (and the int8 target's options).
-FAMILIES: dict[str, tuple[str, ...]] = {"openvino": ("openvino", "openvino-int8"), "onnx": ("onnx", "onnx-int8")}
-ALIASES = {"openvino-int8": "openvino", "onnx-int8": "onnx", "openvino-fp32": "openvino"}
-TARGET_OPTIONS: dict[str, dict[str, Any]] = {"onnx-int8": {"form": "static"}}  # calibrated Q/DQ: no VNNI needed
-ELSEWHERE = {"tensorrt": "TensorRT engines are timed on their GPU", "coreml": "CoreML packages are timed on a Mac"}
 
 
 class SearchError(EdgeVitError):
@@ -30,16 +27,27 @@ class SearchError(EdgeVitError):
     exit_code = 1
 
 
+def float_target(family: str) -> str:
+    """The float target of a runtime family (the dense float twin its int8 candidates are compared with)."""
+    return target_families()[family][0]
+
+
+def search_options(target: str) -> dict[str, Any]:
+    """The options `edgevit optimize` exports ``target`` with (its ``search_options``)."""
+    return dict(get_target(target).search_options)
+
+
 def family_of(name: str) -> str:
     """``--target`` name -> the runtime family searched (``openvino-int8`` searches ``openvino``)."""
-    fam = ALIASES.get(name, name)
-    if fam in FAMILIES:
+    fams = target_families()
+    fam = next((f for f, members in fams.items() if name == f or name in members), None)
+    if fam is not None:
         return fam
-    where = next((why for k, why in ELSEWHERE.items() if name.startswith(k)), None)
+    where = TARGETS[name].timed_elsewhere if name in TARGETS else None
     if where:
         raise OptionError(f"optimize measures latency on the machine it runs on, and {where}",
-                          f"run the search for {name} on that machine, or search --target openvino / onnx here")
-    raise OptionError(f"optimize cannot search --target {name}", f"use one of {', '.join(FAMILIES)}")
+                          f"run the search for {name} on that machine, or search --target {' / '.join(fams)} here")
+    raise OptionError(f"optimize cannot search --target {name}", f"use one of {', '.join(fams)}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class Candidate:
 
     @property
     def int8(self) -> bool:
-        return self.target.endswith("-int8")
+        return get_target(self.target).int8
 
 
 def slug(text: str | None) -> str:
@@ -100,7 +108,7 @@ def scale_prune(text: str | None, n_from: int, n_to: int) -> str | None:
 
 def candidates(space: list[str | None], families: list[str], n_acc: int, n_lat: int) -> list[Candidate]:
     return [Candidate(p, t, fam, scale_prune(p, n_acc, n_lat)) for p in space for fam in families
-            for t in FAMILIES[fam]]
+            for t in target_families()[fam]]
 
 
 def pareto(points: list[tuple[float, float, Any]]) -> list[Any]:
@@ -216,7 +224,7 @@ class OptimizeOptions:
     def check(self) -> None:
         self.families = list(dict.fromkeys(family_of(t) for t in self.targets))
         if not self.families:
-            raise OptionError("no --target given", f"pass e.g. --target {','.join(FAMILIES)}")
+            raise OptionError("no --target given", f"pass e.g. --target {','.join(target_families())}")
         for flag, value, low in (("--max-drop", self.max_drop, 0.0), ("--finetune-epochs", self.finetune_epochs, 0),
                                  ("--rounds", self.rounds, 1), ("--iters", self.iters, 1),
                                  ("--calib-size", self.calib_size, 1), ("--max-finetunes", self.max_finetunes, 0)):

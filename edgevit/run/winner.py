@@ -18,7 +18,7 @@ from ..progress import say
 from ..report.front import front_markdown, front_plot
 from .artifacts import load_artifact
 from .export import ExportOptions, run_export
-from .search import TARGET_OPTIONS, Candidate, SearchError, pareto
+from .search import Candidate, SearchError, pareto, search_options
 
 
 def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
     for c in s.cands:
         if c.key not in lat:
             continue
-        base = {"prune": c.prune or "dense", "target": c.target, "family": c.family, "key": c.key,
+        base = {"prune": c.prune or "dense", "target": c.target, "int8": c.int8, "family": c.family, "key": c.key,
                 "latency_prune": c.latency_prune or "dense", **lat[c.key]}
         scored = False
         for rec in s.log.of_kind("accuracy"):
@@ -67,7 +67,7 @@ def recipe_for(s, c: Candidate, tag: str, extra: list[str]) -> dict[str, Any]:
     transforms, the same fine-tune (seeded), the same target options."""
     spec, o = s.spec_rec, s.opts
     fine = s.log.get("finetune", f"{c.prune}#{tag[2:]}") if tag.startswith("ft") else None
-    options = {"calib_size": o.calib_size, **TARGET_OPTIONS.get(c.target, {})} if c.int8 else {}
+    options = {"calib_size": o.calib_size, **search_options(c.target)} if c.int8 else {}
     for e in extra:
         options.update({"max_drop": o.max_drop} if e == "max_drop" else {"qat_epochs": o.qat_epochs})
     return {

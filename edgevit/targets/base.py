@@ -1,10 +1,13 @@
 """What every backend implements, and the one table of targets.
 
-A target is one file in this package: a :class:`Target` subclass that declares what it requires,
-the library versions it records, a typed ``Options`` dataclass (exactly the options it honours),
-its report sections (:meth:`Target.report_rows`) and its end-of-run notice, and registers its
-instances with :func:`register`.
-Export, validation, benchmarks, recipes and reports read this table and nothing else.
+A target is one file in this package (or anywhere): a :class:`Target` subclass that declares what it
+requires, the library versions it records, a typed ``Options`` dataclass (exactly the options it
+honours, each with its help: :func:`option`), its report sections (:meth:`Target.report_rows`) and its
+end-of-run notice, and the facts the reports, the command line and ``edgevit optimize`` read of it
+(its backend's label, colour and ISA sensitivity, where it is timed, its float twin, its family), and
+registers its instances with :func:`register`. Export, validation, benchmarks, recipes, reports, the
+CLI's target options and the search read this table and nothing else: :func:`option_fields` here, and
+what :mod:`edgevit.targets.registry` derives (int8 targets, float twins, families, backends).
 
 A target writes its files into a directory it is given (a temporary one: the run renames it into
 place only once the files are complete and checked), and loads them back as a :class:`Runner`,
@@ -13,10 +16,12 @@ a callable from a float32 NCHW batch to float32 logits.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from types import UnionType
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -24,6 +29,14 @@ from ..errors import ArtifactError, OptionError, TargetError
 from ..manifest import read_json
 
 MANIFEST = "manifest.json"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A field of a target's ``Options`` dataclass with its help (``--help``, ``edgevit targets --options``)::
+
+        ort_fusion: bool = option(False, "ship ONNX Runtime's fused transformer ops")
+    """
+    return field(default=default, metadata={"help": help}, **kw)
 
 
 @dataclass
@@ -56,17 +69,45 @@ class ExportContext:
 
 
 class Target:
-    """One backend at one precision. Subclasses set the class attributes and the verbs."""
+    """One backend at one precision. Subclasses set the class attributes and the verbs; an instance is
+    one registered target: ``Target(name, precision, description, float_twin=..., family=...)``."""
 
     backend: str = ""
+    # The backend's facts, set in the class that sets ``backend``: a subclass that sets another backend
+    # starts from these defaults again, never from its base class's backend (see __init_subclass__).
+    label: str = ""  # its name in reports and plots ("ONNX Runtime"); "": the backend's name
+    colour: str = ""  # its colour in the report's plots ("#1f77b4"); "": one the report picks, the same each run
+    isa_sensitive: bool = False  # its int8 speed follows the CPU's instruction sets (VNNI, AMX): reports say why
+    timed_elsewhere: str | None = None  # None: timed on the machine that exports; else where, e.g. "CoreML
+    # packages are timed on a Mac" (optimize, which times candidates here, refuses it with these words)
     requires: tuple[str, ...] = ()  # python modules that must import
     fp16_peer: str | None = None  # the fp16 target an int8 graph must beat where fp32 compute costs (GPU runtimes)
     records: tuple[str, ...] = ()  # distributions whose versions its manifest records
     model_file: str = ""  # the main file inside the artifact directory
     Options: type = NoOptions  # a dataclass: the options this target honours, with their defaults
+    option_help: dict[str, str] = {}  # help of options declared without it (an Options dataclass shared with
+    # lower layers, e.g. edgevit.quant's QuantConfig); read only, never mutated
+    search_options: dict[str, Any] = {}  # the options `edgevit optimize` exports it with (read only)
 
-    def __init__(self, name: str, precision: str, description: str):
+    _BACKEND_FACTS = ("label", "colour", "isa_sensitive", "timed_elsewhere")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backend" in vars(cls):  # another backend: its facts are its own or the defaults
+            for attr in Target._BACKEND_FACTS:
+                if attr not in vars(cls):
+                    setattr(cls, attr, getattr(Target, attr))
+
+    def __init__(self, name: str, precision: str, description: str, *, float_twin: str | None = None,
+                 family: str | None = None):
         self.name, self.precision, self.description = name, precision, description
+        self.float_twin = float_twin  # int8: the float target it is compared with (None: its backend's first float one)
+        self.family = family  # the runtime `edgevit optimize` searches it in (None: not searched; an int8
+        # target without one joins its float twin's)
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
 
     # -- the verbs ---------------------------------------------------------------------
     def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
@@ -84,6 +125,11 @@ class Target:
     def needs_calibration(self, options: Any) -> bool:
         """Does the export with these options need calibration images?"""
         return False
+
+    def build_seconds(self) -> float:
+        """Seconds its export spends on this machine beyond converting the graph (an engine build where one
+        is built here): the quickstart's time estimate adds them."""
+        return 0.0
 
     def check_options(self, options: Any) -> None:
         """Refuse options this target cannot honour here, before any work."""
@@ -159,16 +205,31 @@ def list_targets() -> list[Target]:
     return list(TARGETS.values())
 
 
+# -- target options ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OptionField:
     name: str
     type: Any
     default: Any
     targets: tuple[str, ...]  # the targets that honour it
+    help: str = ""  # what it does (the field's help, else a target's option_help)
+
+
+PLAIN = (bool, int, float, str)  # what recipes and the command line carry: these, lists of them, or None
+
+
+def _plain(name: str, target: str, tp: Any) -> None:
+    args = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in (Union, UnionType) else [tp]
+    inner = get_args(args[0]) if len(args) == 1 and get_origin(args[0]) is list else ()
+    ok = len(args) == 1 and (args[0] in PLAIN or (len(inner) == 1 and inner[0] in PLAIN))
+    if not ok:
+        raise TargetError(f"option {name!r} of target {target!r} has type {tp}, which recipes and the command "
+                          "line cannot carry", "declare it as bool, int, float, str, a list of one of them, or "
+                          "one of them | None")
 
 
 def option_fields() -> dict[str, OptionField]:
-    """Every target option by name: its type, default and the targets that honour it."""
+    """Every target option by name: its type, default, help and the targets that honour it."""
     table: dict[str, OptionField] = {}
     for t in TARGETS.values():
         hints = get_type_hints(t.Options)
@@ -178,8 +239,10 @@ def option_fields() -> dict[str, OptionField]:
             if old and (old.type != hints[f.name] or old.default != default):
                 raise TargetError(f"option {f.name!r} of target {t.name!r} differs in type or default from "
                                   f"{', '.join(old.targets)}'s", "give the option another name")
+            _plain(f.name, t.name, hints[f.name])
+            text = (old.help if old else "") or f.metadata.get("help") or t.option_help.get(f.name, "")
             table[f.name] = OptionField(f.name, hints[f.name], default,
-                                        (*old.targets, t.name) if old else (t.name,))
+                                        (*old.targets, t.name) if old else (t.name,), text)
     return table
 
 
@@ -188,18 +251,21 @@ def flag(name: str) -> str:
 
 
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The options whose value differs from the default (what the user asked for)."""
+    """The target options given, every one of them: a value given at its default is still given (and
+    refused by :func:`check_honoured` where no chosen target honours it). An unknown name is an error."""
     table = option_fields()
-    return {k: v for k, v in values.items() if k not in table or v != table[k].default}
+    for name in values:
+        if name not in table:
+            close = difflib.get_close_matches(name, table, n=1)
+            raise OptionError(f"unknown target option {name!r}", (f"did you mean {close[0]!r}? " if close else "")
+                              + f"known options: {', '.join(sorted(table))}")
+    return dict(values)
 
 
 def check_honoured(targets: list[Target], given: dict[str, Any]) -> None:
     """An option none of ``targets`` honours is an error naming it and the targets that do."""
     table = option_fields()
-    for name in given:
-        if name not in table:
-            raise OptionError(f"unknown target option {name!r}",
-                              f"known options: {', '.join(sorted(table))}")
+    for name in given_options(given):
         if not set(table[name].targets) & {t.name for t in targets}:
             raise OptionError(f"{flag(name)} is not honoured by {', '.join(t.name for t in targets)}",
                               f"it applies to {', '.join(table[name].targets)}: add one of them to --target, "

@@ -29,8 +29,8 @@ import numpy as np
 from ..errors import ExportError, TargetError
 from ..graph import INPUT, OUTPUT
 from ..quant.config import CalibOptions
-from .base import ExportContext, Runner, Target, register
-from .int8 import INT8_SECTION, int8_row
+from .base import ExportContext, Runner, Target, option, register
+from .int8 import CALIB_HELP, INT8_SECTION, int8_row
 from .tensorrt import DEVICE_SECTION
 
 PACKAGE = "model.mlpackage"
@@ -121,11 +121,13 @@ def inspect_package(pkg: Path) -> dict[str, Any]:
 
 @dataclass
 class CoreMLInt8Options(CalibOptions):
-    coreml_w8a8: bool = False  # int8 activations too (calibrated on --calib; coremltools runs the model: macOS)
+    coreml_w8a8: bool = option(False, "coreml-int8: int8 activations as well as weights (calibrated on --calib; "
+                               "coremltools runs the model for it: macOS only)")
 
 
 class CoreMLTarget(Target):
     backend = "coreml"
+    label, colour, timed_elsewhere = "CoreML", "#e377c2", "CoreML packages are timed on a Mac"
     requires = ("coremltools",)
     records = ("coremltools",)
     model_file = PACKAGE
@@ -212,11 +214,12 @@ class CoreMLTarget(Target):
 
 class CoreMLInt8Target(CoreMLTarget):
     Options = CoreMLInt8Options
+    option_help = CALIB_HELP
 
 
 register(
     CoreMLTarget("coreml", "fp16", "CoreML ML Program package, fp16 (torch.export + coremltools); runs on "
                  "macOS/iOS, checked structurally elsewhere"),
     CoreMLInt8Target("coreml-int8", "int8", "CoreML package with int8 per-channel weights (--coreml-w8a8: int8 "
-                     "activations too, built on macOS)"),
+                     "activations too, built on macOS)", float_twin="coreml"),
 )

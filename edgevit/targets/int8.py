@@ -17,6 +17,30 @@ from .base import ExportContext
 INT8_SECTION = "int8 artifacts"
 QAT_FACTS = {"form": "qat-qdq", "activations": "int8 symmetric per-tensor (learned)",
              "weights": "int8 symmetric per-channel (learned)", "float_layers": ["head"]}
+# The help of the int8 options edgevit.quant declares (CalibOptions, QuantConfig), for every target honouring them.
+CALIB_HELP = {
+    "calib": "images to calibrate on: a folder (class sub-folders or flat), CIFAR folder or 'digits' (default: "
+             "the training images of --data)",
+    "calib_size": "calibration images, drawn class by class, deterministic",
+    "calib_seed": "seed of the class-by-class calibration draw",
+    "calib_grey": "accept a calibration set of mostly 1-channel images (models fed grey images as RGB)",
+}
+QUANT_HELP = {
+    **CALIB_HELP,
+    "calibrator": "minmax | percentile | entropy | distribution (default: the backend's measured best)",
+    "quantize_head": "quantize the classifier head too",
+    "quantize_norms": "also put Q/DQ on LayerNorm inputs (aggressive; costs accuracy; Softmax stays float)",
+    "per_channel": "int8 weights per output channel (--no-per-channel: one scale per tensor)",
+    "max_drop": "keep the most sensitive layers float until the top-1 drop on held-out calibration-source images "
+                "is at most this many points",
+    "max_float": "at most this many layers kept float by --max-drop (default: half)",
+    "control_size": "held-out images of the calibration source that --max-drop measures the drop on",
+    "exclude": "keep this layer float (ONNX node name, repeatable)",
+    "qat_epochs": "quantization-aware fine-tuning epochs on --data's training images (NNCF; 0: post-training only)",
+    "qat_lr": "QAT learning rate, a fraction of the training one",
+    "qat_batch_size": "QAT batch size",
+    "qat_distill": "QAT also learns from the float model's logits (knowledge distillation)",
+}
 
 
 class Int8Target:
@@ -24,6 +48,7 @@ class Int8Target:
 
     form: str = ""
     Options: type = QuantConfig
+    option_help = QUANT_HELP
     model_file: str
 
     def form_for(self, options: QuantConfig) -> str:
@@ -70,3 +95,4 @@ def int8_row(mf: dict[str, Any]) -> dict[str, str]:
             "layers kept float": (f"{len(kept)} of {e['layers']}: {', '.join(kept) or 'none'}"
                                   if e.get("layers") is not None else
                                   ", ".join(kept) or "layer count not recorded (weight-only int8)")}
+

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import ExportError, OptionError
 from ..graph import copy_onnx, save_onnx
 from ..quant.config import QuantConfig, check_form
-from .base import ExportContext, NoOptions, Runner, Target, register
+from .base import ExportContext, NoOptions, Runner, Target, option, register
 from .int8 import Int8Target
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization",
@@ -46,13 +46,18 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayer
 FUSION_FIX = "drop --ort-fusion for this model (ONNX Runtime's transformer fusion is for ViT attention)"
 
 
+FUSION_HELP = ("onnx / onnx-int8 (dynamic form): fuse each ViT attention block into ONNX Runtime's Attention op "
+               "(QAttention in int8) and run ORT's transformer optimizer; measured 0-3 % faster on DeiT-Ti @224")
+
+
 @dataclass
 class OnnxOptions:
-    ort_fusion: bool = False  # ship ONNX Runtime's fused transformer ops (Attention, BiasGelu) in model.onnx
+    ort_fusion: bool = option(False, FUSION_HELP)  # ships ORT's fused transformer ops (Attention, BiasGelu)
 
 
 class OnnxTarget(Target):
     backend = "onnxruntime"
+    label, colour, isa_sensitive = "ONNX Runtime", "#1f77b4", True
     requires = ("onnx", "onnxruntime")
     model_file = "model.onnx"
     Options: type = OnnxOptions
@@ -119,8 +124,9 @@ def _providers() -> list[str]:
 
 @dataclass
 class OnnxInt8Options(QuantConfig):
-    form: str | None = None  # dynamic (default: no calibration; fast with VNNI) | static (calibrated Q/DQ)
-    ort_fusion: bool = False  # dynamic form only: quantize the fused graph (Attention -> QAttention)
+    form: str | None = option(None, "onnx-int8 form: dynamic (default, no calibration; fast on VNNI/AMX CPUs) | "
+                              "static (calibrated Q/DQ, often faster on AVX2-only CPUs)")
+    ort_fusion: bool = option(False, FUSION_HELP)  # dynamic form only: the fused graph quantized (QAttention)
 
     def check(self) -> None:
         super().check()
@@ -139,6 +145,7 @@ class OnnxInt8Target(Int8Target, OnnxTarget):
     """ONNX Runtime int8: dynamic (default, no calibration) or static Q/DQ (often faster without VNNI)."""
 
     Options = OnnxInt8Options
+    search_options = {"form": "static"}  # calibrated Q/DQ: fast without VNNI, where dynamic int8 is not
 
     def form_for(self, options: OnnxInt8Options) -> str:
         return check_form(options.form or "dynamic")
@@ -376,8 +383,9 @@ def _match_qkv(g: _Graph, stacked: str, body: list) -> dict[str, Any] | str:
 
 
 register(
-    OnnxTarget("onnx", "fp32", "ONNX opset 17, dynamic batch, simplified; run by ONNX Runtime"),
+    OnnxTarget("onnx", "fp32", "ONNX opset 17, dynamic batch, simplified; run by ONNX Runtime", family="onnx"),
     OnnxFp16Target("onnx-fp16", "fp16", "ONNX with fp16 weights and math (float32 inputs/outputs)"),
     OnnxInt8Target("onnx-int8", "int8", "ONNX Runtime int8 (dynamic MatMul/Gemm, int8 per-channel weights, no "
-                   "calibration: fast on VNNI/AMX CPUs; --form static for calibrated Q/DQ, often faster on AVX2-only)"),
+                   "calibration: fast on VNNI/AMX CPUs; --form static for calibrated Q/DQ, often faster on AVX2-only)",
+                   float_twin="onnx"),
 )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..quant.config import QuantConfig
-from .base import ExportContext, Runner, Target, register
+from .base import ExportContext, Runner, Target, option, register
 from .int8 import QAT_FACTS, Int8Target
 
 
@@ -30,6 +30,7 @@ def _core():
 
 class OpenVinoTarget(Target):
     backend = "openvino"
+    label, colour, isa_sensitive = "OpenVINO", "#6a3d9a", True
     requires = ("openvino",)
     records = ("openvino",)
     model_file = "model.xml"
@@ -136,7 +137,8 @@ def _short(precision: str) -> str:
 
 @dataclass
 class OpenVinoInt8Options(QuantConfig):
-    smooth_quant: float | None = None  # SmoothQuant alpha on MatMuls; None: NNCF's default (0.95), -1: off
+    smooth_quant: float | None = option(None, "openvino-int8 SmoothQuant alpha on MatMuls (default NNCF's 0.95; "
+                                       "-1 turns it off)")
 
 
 class OpenVinoInt8Target(Int8Target, OpenVinoTarget):
@@ -155,9 +157,9 @@ class OpenVinoInt8Target(Int8Target, OpenVinoTarget):
 
 
 register(
-    OpenVinoTarget("openvino", "fp32", "OpenVINO IR, fp32 weights, inference pinned to f32"),
+    OpenVinoTarget("openvino", "fp32", "OpenVINO IR, fp32 weights, inference pinned to f32", family="openvino"),
     OpenVinoTarget("openvino-fp16", "fp16", "OpenVINO IR, fp16 weights, the device's default inference precision "
                    "(bf16 on AVX512-BF16/AMX CPUs)"),
     OpenVinoInt8Target("openvino-int8", "int8", "OpenVINO IR quantized by NNCF (transformer preset, SmoothQuant, "
-                       "LayerNorm/Softmax/head float)"),
+                       "LayerNorm/Softmax/head float)", float_twin="openvino"),
 )

@@ -44,6 +44,7 @@ from .trt_engine import (
 )
 from .trt_rules import check_tensorrt_rules
 
+ENGINE_BUILD_S = 60.0  # an engine build, where TensorRT and a GPU are here (the quickstart's time estimate)
 DEVICE_SECTION = "Device packages"
 PRECISION_SECTION = "Precision of the graph that ships"
 
@@ -52,6 +53,7 @@ class TensorRtTarget(OnnxTarget):
     """``model.onnx`` + ``build_engine.sh`` always; ``model.plan`` + ``engine.json`` where TensorRT runs."""
 
     backend = "tensorrt"
+    label, colour, timed_elsewhere = "TensorRT", "#ff7f0e", "TensorRT engines are timed on their GPU"
     records = ("tensorrt",)
     fp16_peer = "tensorrt-fp16"
     Options = EngineOptions
@@ -79,6 +81,9 @@ class TensorRtTarget(OnnxTarget):
             facts["engine"] = {"built": False, "reason": e.what,
                                "build_on_device": f"cd artifacts/{self.name} && ./{BUILD_SCRIPT}"}
         return facts
+
+    def build_seconds(self) -> float:
+        return ENGINE_BUILD_S if engine_unavailable() is None else 0.0
 
     def status(self) -> str:
         if (why := engine_unavailable()) is None:
@@ -171,12 +176,16 @@ class TensorRtInt8Target(Int8Target, TensorRtTarget):
         return {**fp16_outside_gemms(qat_onnx, dst), **QAT_FACTS}
 
     def finish(self, out_dir: Path, ctx: ExportContext, facts: dict[str, Any]) -> dict[str, Any]:
-        rules = check_tensorrt_rules(out_dir / self.model_file, allow_norms=ctx.options.quantize_norms)
+        rules = check_tensorrt_rules(out_dir / self.model_file, ctx.options.float_scope())
         if rules["violations"]:
             raise ExportError(f"target {self.name!r}: the Q/DQ graph breaks {len(rules['violations'])} TensorRT "
                               f"int8 rule(s), e.g. {rules['violations'][0]}", "report this with the run's run.json")
         facts.update(tensorrt_rules=rules)
-        return TensorRtTarget.finish(self, out_dir, ctx, facts)
+        facts = TensorRtTarget.finish(self, out_dir, ctx, facts)
+        facts["precision_map"]["kept_float"] = {  # what the float scope kept float beyond the head, and why
+            "attention": facts.get("attention_kept_float", []),
+            "fp16_subnormal_scales": facts.get("fp16_subnormal_kept_float", [])}
+        return facts
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
         runner = TensorRtTarget.load(self, art_dir, threads)
@@ -201,5 +210,6 @@ register(
                    "without TensorRT: the ONNX + trtexec script, validated with ONNX Runtime"),
     TensorRtInt8Target("tensorrt-int8", "int8", "TensorRT engine from explicit Q/DQ ONNX: int8 GEMMs (symmetric, "
                        "per-channel weights, checked against TensorRT's rules), fp16 elsewhere, LayerNorm fp32; "
-                       "without TensorRT: the ONNX + trtexec script, validated with ONNX Runtime"),
+                       "without TensorRT: the ONNX + trtexec script, validated with ONNX Runtime",
+                       float_twin="tensorrt-fp16"),
 )

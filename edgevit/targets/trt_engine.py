@@ -15,11 +15,13 @@ JetPack 6 ships). So precision is decided here, in the ONNX, not by builder flag
 Each artifact holds ``model.onnx`` (what TensorRT compiles), ``build_engine.sh`` (the exact
 ``trtexec`` command that builds the engine on a device, which then writes ``engine.json`` too) and,
 where TensorRT, cuda-python and a CUDA GPU exist, ``model.plan`` with ``engine.json`` (TensorRT
-version, GPU, optimisation profile, workspace, timing cache, hashes, runtime precision, the engine
-inspector's summary) and ``engine_layers.json`` beside it. Engines are specific to the GPU and
-TensorRT version that built them. Where TensorRT or a GPU is missing, everything up to the ONNX is
-written and validated with ONNX Runtime, and the message says how to build the engine on the device.
-Neither the builder nor the runner (:mod:`edgevit.targets.trt_runtime`) imports PyTorch.
+version, GPU, the optimisation profiles (one per batch asked), workspace, timing cache, hashes,
+runtime precision, the engine inspector's summary) and ``engine_layers.json`` beside it. Engines are
+specific to the GPU and TensorRT version that built them. Where TensorRT or a GPU is missing,
+everything up to the ONNX is written and validated with ONNX Runtime, and the message says how to
+build the engine on the device. Neither the builder nor the runner (:mod:`edgevit.targets.trt_runtime`)
+imports PyTorch; the runner imports without it (the float ONNX export in :mod:`edgevit.graph`, which
+the builder's module shares, still imports torch at its top).
 """
 from __future__ import annotations
 
@@ -34,32 +36,38 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
+from ..float_scope import FP32_OPS
 from ..graph import INPUT, OUTPUT, data_file, has_external_data, save_onnx
 from ..manifest import sha256_file, write_bytes
+from .base import option
+from .trt_inspect import engine_layers as engine_layers
 from .trt_runtime import ENGINE as ENGINE
 from .trt_runtime import ENGINE_LAYERS as ENGINE_LAYERS
 from .trt_runtime import ENGINE_META as ENGINE_META
 from .trt_runtime import EngineUnavailable as EngineUnavailable
 from .trt_runtime import deserialize, device_facts, import_cudart, trt_logger
-from .trt_runtime import engine_layers as engine_layers
 from .trt_runtime import engine_unavailable as engine_unavailable
 from .trt_runtime import load_engine as load_engine
 
 BUILD_SCRIPT = "build_engine.sh"
 MIN_TRT_MAJOR = 10  # strongly typed networks and the name-based tensor API
-FP32_OPS = ["LayerNormalization"]  # kept in fp32 inside the fp16 engine
 
 
 @dataclass
 class EngineOptions:
-    """How the engine is built. ``max_batch`` bounds the dynamic-batch optimisation profile."""
+    """How the engine is built. One optimisation profile per batch asked, tuned for it (opt = max = that
+    batch, min = ``min_batch``): ``opt_batch`` (latency) and ``max_batch`` (throughput). A batch of 64
+    then runs in one call on kernels chosen for 64, not in eight calls on kernels chosen for 1."""
 
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 8
-    workspace_mb: int = 1024
-    timing_cache: str | None = "default"  # a path; "default": keyed by TensorRT and GPU (cache_path); None/"none": off
-    optimization_level: int = 3  # TensorRT's builder_optimization_level, 0-5
+    min_batch: int = option(1, "TensorRT: the smallest batch every optimisation profile takes")
+    opt_batch: int = option(1, "TensorRT: the latency batch, with a profile of its own tuned for it")
+    max_batch: int = option(8, "TensorRT: the throughput (largest) batch, with a profile of its own tuned for it; "
+                               "larger batches run in chunks of it")
+    workspace_mb: int = option(1024, "TensorRT: builder workspace limit in MiB (Jetson Orin Nano: 512-1024)")
+    timing_cache: str | None = option("default", "TensorRT: timing cache file reused across builds ('default': "
+                                                 "keyed by TensorRT version and GPU under ~/.cache/edgevit/tensorrt; "
+                                                 "'none': off)")
+    optimization_level: int = option(3, "TensorRT: builder optimization level, 0-5 (5: the longest search)")
 
     def check(self) -> EngineOptions:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -72,6 +80,16 @@ class EngineOptions:
             raise TargetError(f"TensorRT optimization level {self.optimization_level} is outside 0-5",
                               "use 3 (TensorRT's default) or 5 for the longest search")
         return self
+
+    def batches(self) -> list[int]:
+        """The batches with a profile of their own, largest first (profile 0: what trtexec runs by default and
+        what deploy/jetson refits to its benchmark batch)."""
+        return sorted({self.opt_batch, self.max_batch}, reverse=True)
+
+    def profiles(self, input_size: list[int]) -> list[dict[str, list[list[int]]]]:
+        """The optimisation profiles: for each batch, min/opt/max shapes of the input."""
+        lo = [self.min_batch, *input_size]
+        return [{INPUT: [lo, [b, *input_size], [b, *input_size]]} for b in self.batches()]
 
     def cache_path(self, trt_version: str | None = None, gpu: str | None = None,
                    compute_capability: str | None = None) -> Path | None:
@@ -86,11 +104,6 @@ class EngineOptions:
             return base / "tensorrt" / _slug(trt_version or "any") / f"{_slug(gpu or 'any-gpu')}{sm}" / "timing.cache"
         return Path(self.timing_cache)
 
-    def shapes(self, input_size: list[int]) -> dict[str, list[list[int]]]:
-        """The optimisation profile: min/opt/max shape of the input."""
-        return {INPUT: [[b, *input_size] for b in (self.min_batch, self.opt_batch, self.max_batch)]}
-
-
 
 # -- the ONNX TensorRT compiles ---------------------------------------------------------------
 def prepare_fp16(onnx_fp32: Path, dst: Path) -> dict[str, Any]:
@@ -102,21 +115,25 @@ def prepare_fp16(onnx_fp32: Path, dst: Path) -> dict[str, Any]:
 
     # from the path: shape inference then goes through a file, which has no 2 GB limit
     m16 = convert_float_to_float16(str(onnx_fp32), keep_io_types=True,
-                                   op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS)
+                                   op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
     facts = {"onnx_precision": "fp16 (float32 inputs/outputs)",
              "fp32_layers": sum(n.op_type in FP32_OPS for n in m16.graph.node),
-             "fp32_ops": FP32_OPS, "casts": sum(n.op_type == "Cast" for n in m16.graph.node)}
+             "fp32_ops": list(FP32_OPS), "casts": sum(n.op_type == "Cast" for n in m16.graph.node)}
     return {**facts, **save_onnx(m16, dst)}
 
 
 def trtexec_args(eopts: EngineOptions, input_size: list[int], onnx: str = "model.onnx",
                  engine: str = ENGINE) -> list[str]:
-    """The trtexec flags that build the same engine as :func:`build_engine` (paths relative)."""
-    dims = ["x".join(map(str, s)) for s in eopts.shapes(input_size)[INPUT]]
-    args = [f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped",
-            f"--minShapes={INPUT}:{dims[0]}", f"--optShapes={INPUT}:{dims[1]}", f"--maxShapes={INPUT}:{dims[2]}",
-            f"--memPoolSize=workspace:{eopts.workspace_mb}M", f"--builderOptimizationLevel={eopts.optimization_level}",
-            "--profilingVerbosity=detailed"]
+    """The trtexec flags that build the same engine as :func:`build_engine` (paths relative); several
+    profiles are ``--profile=N`` followed by its shapes, as trtexec documents it."""
+    args = [f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped"]
+    profiles = eopts.profiles(input_size)
+    for i, profile in enumerate(profiles):
+        dims = ["x".join(map(str, s)) for s in profile[INPUT]]
+        args += [f"--profile={i}"] if len(profiles) > 1 else []
+        args += [f"--minShapes={INPUT}:{dims[0]}", f"--optShapes={INPUT}:{dims[1]}", f"--maxShapes={INPUT}:{dims[2]}"]
+    args += [f"--memPoolSize=workspace:{eopts.workspace_mb}M", f"--builderOptimizationLevel={eopts.optimization_level}",
+             "--profilingVerbosity=detailed"]
     if eopts.cache_path() is not None:
         args.append("--timingCacheFile=timing.cache")
     return args
@@ -172,7 +189,7 @@ cat > engine.json.tmp <<EOF
   "gpu": $(json_str "$gpu"),
   "built_by": "build_engine.sh",
   "trtexec_args": @@ARGS@@,
-  "profile": @@PROFILE@@,
+  "profiles": @@PROFILES@@,
   "engine_sha256": "$sha",
   "engine_bytes": $bytes,
   "runtime_precision": @@PRECISION@@
@@ -188,24 +205,27 @@ def _heredoc(obj: Any) -> str:
     return re.sub(r"([\\$`])", r"\\\1", json.dumps(obj))
 
 
-def profile_of(args: list[str]) -> dict[str, list[list[int]]] | None:
-    """The optimisation profile trtexec's --min/opt/maxShapes give ({"input": [[min], [opt], [max]]}), or None."""
-    shapes: dict[str, dict[str, list[int]]] = {}
+def profiles_of(args: list[str]) -> list[dict[str, list[list[int]]]]:
+    """The optimisation profiles trtexec's flags give ([{"input": [[min], [opt], [max]]}, ...]; ``--profile=N``
+    starts the next one), [] for a static-shape build."""
+    out: list[dict[str, dict[str, list[int]]]] = []
     for a in args:
+        if re.fullmatch(r"--profile=\d+", a) or (not out and re.match(r"--(min|opt|max)Shapes=", a)):
+            out.append({})
         if m := re.fullmatch(r"--(min|opt|max)Shapes=(.+)", a):
             for spec in m.group(2).split(","):
                 name, _, dims = spec.rpartition(":")
-                shapes.setdefault(name.strip("'\""), {})[m.group(1)] = [int(d) for d in dims.split("x")]
-    profile = {n: [s[k] for k in ("min", "opt", "max")] for n, s in shapes.items() if len(s) == 3}
-    return profile or None
+                out[-1].setdefault(name.strip("'\""), {})[m.group(1)] = [int(d) for d in dims.split("x")]
+    full = [{n: [s[k] for k in ("min", "opt", "max")] for n, s in p.items() if len(s) == 3} for p in out]
+    return [p for p in full if p]
 
 
 def write_build_script(art_dir: Path, args: list[str], precision: str | None = None) -> Path:
     """``build_engine.sh``: trtexec with ``args``, then ``engine.json`` beside ``model.plan`` (TensorRT version,
-    GPU, the args, the profile, the plan's sha256 and ``precision``, the runtime precision the target reports)."""
+    GPU, the args, the profiles, the plan's sha256 and ``precision``, the runtime precision the target reports)."""
     path = art_dir / BUILD_SCRIPT
     text = (_SCRIPT.replace("@@TRTEXEC@@", f'"$TRTEXEC" {shlex.join(args)}')
-            .replace("@@ARGS@@", _heredoc(args)).replace("@@PROFILE@@", _heredoc(profile_of(args)))
+            .replace("@@ARGS@@", _heredoc(args)).replace("@@PROFILES@@", _heredoc(profiles_of(args)))
             .replace("@@PRECISION@@", _heredoc(precision)))
     path.write_text(text)
     path.chmod(0o755)
@@ -229,15 +249,16 @@ def network_flags(trt) -> int:
 
 
 def configure(trt, builder, config, eopts: EngineOptions, input_size: list[int]) -> None:
-    """Apply the options to a builder config: workspace, optimisation level, the profile, detailed
+    """Apply the options to a builder config: workspace, optimisation level, the profiles, detailed
     profiling verbosity (so the engine inspector can tell layer precisions)."""
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, eopts.workspace_mb << 20)
     config.builder_optimization_level = eopts.optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in eopts.shapes(input_size).items():
-        profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
-    config.add_optimization_profile(profile)
+    for shapes in eopts.profiles(input_size):  # one per batch asked, in the order trtexec_args lists them
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+        config.add_optimization_profile(profile)
 
 
 def _try_cache(config, data: bytes) -> str | None:
@@ -335,7 +356,7 @@ def build_engine(onnx_path: Path, art_dir: Path, eopts: EngineOptions, input_siz
     write_bytes(art_dir / ENGINE, data)
     _save_timing_cache(config, cache)
     meta = {"tensorrt": trt.__version__, **device, "built_by": "edgevit", "strongly_typed": True,
-            "profile": eopts.shapes(input_size), "workspace_mb": eopts.workspace_mb,
+            "profiles": eopts.profiles(input_size), "workspace_mb": eopts.workspace_mb,
             "optimization_level": eopts.optimization_level, "build_s": round(build_s, 2), "timing_cache": cache,
             "onnx_sha256": sha256_file(onnx_path), **_data_sha256(onnx_path), "engine_sha256": _sha256(data),
             "engine_bytes": len(data), "input": INPUT, "output": OUTPUT, "runtime_precision": precision,

@@ -3,16 +3,19 @@
 TensorRT builds int8 kernels from QuantizeLinear/DequantizeLinear pairs only when (TensorRT
 developer guide, "Explicit Quantization"):
 
-1. the quantized type is signed int8 (uint8 Q/DQ is rejected);
+1. the quantized type is signed int8 (uint8 Q/DQ is rejected). A Q/DQ without a zero-point is int8
+   in TensorRT's parser (ONNX's default type is uint8, so other runtimes read it as uint8): a warning;
 2. every zero-point is 0 (TensorRT's int8 is symmetric);
 3. weights are quantized per output channel (Conv/ConvTranspose axis 0; MatMul weights
    ``[K, N]`` axis 1; Gemm axis 0 with ``transB=1``, else 1) or per tensor;
 4. activations are quantized per tensor (a scalar scale);
-5. edgevit's ViT rule: no Q/DQ feeds LayerNormalization or Softmax unless asked, since TensorRT
-   fuses those in float and int8 there costs accuracy (a "Q/DQ feeds X" violation); their
-   weights (gamma, beta) are never int8, asked or not. Casts between are looked through.
+5. edgevit's ViT rule, the :class:`~edgevit.float_scope.FloatScope`'s: no Q/DQ feeds Softmax (it
+   breaks the attention pattern TensorRT fuses) nor LayerNormalization unless the scope quantizes norms
+   (``--quantize-norms``), since TensorRT fuses those in float and int8 there costs accuracy (a "Q/DQ
+   feeds X" violation); their weights (gamma, beta) are never int8, asked or not. Casts between are
+   looked through.
 
-:func:`check_tensorrt_rules` returns every violation found, each a line naming the node.
+:func:`check_tensorrt_rules` returns every violation found, each a line naming the node, and warnings.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-FLOAT_OPS = ("LayerNormalization", "Softmax")
+from ..float_scope import FloatScope
+from ..graph import edges
 
 
-def check_tensorrt_rules(model: str | Path | Any, allow_norms: bool = False) -> dict[str, Any]:
+def check_tensorrt_rules(model: str | Path | Any, scope: FloatScope = FloatScope()) -> dict[str, Any]:
+    """Check a Q/DQ graph (a path or a ModelProto) against TensorRT's int8 rules and ``scope``."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
@@ -36,21 +41,22 @@ def check_tensorrt_rules(model: str | Path | Any, allow_norms: bool = False) -> 
         if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value":
             tensors[n.output[0]] = n.attribute[0].t
     inits = _Arrays(tensors, base_dir)
-    producers = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producers, consumers = edges(g)
     bad: list[str] = []
+    warn: list[str] = []
     counts = {"quantize": 0, "dequantize": 0, "weights_per_channel": 0, "activations_per_tensor": 0}
     for n in g.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
         counts["quantize" if n.op_type == "QuantizeLinear" else "dequantize"] += 1
-        bad += _check_zero_point(n, inits)
+        if len(n.input) < 3 or not n.input[2]:
+            warn.append(f"{n.name}: no zero-point (TensorRT's parser takes int8 with zero-point 0; ONNX's default "
+                        "type is uint8, so other runtimes read this node as uint8)")
+        else:
+            bad += _check_zero_point(n, inits)
         if n.op_type == "DequantizeLinear":
-            bad += _check_dq(n, inits, consumers, counts, allow_norms, _is_weight(n, inits, producers))
-    return {"violations": bad, "count": len(bad), **counts, "allow_norms": allow_norms}
+            bad += _check_dq(n, inits, consumers, counts, scope, _is_weight(n, inits, producers))
+    return {"violations": bad, "count": len(bad), "warnings": warn, **counts, "norm_inputs_int8": not scope.norms}
 
 
 class _Arrays(dict):
@@ -72,8 +78,6 @@ class _Arrays(dict):
 
 
 def _check_zero_point(n, inits) -> list[str]:
-    if len(n.input) < 3 or not n.input[2]:
-        return [f"{n.name}: no zero-point (defaults to uint8, which TensorRT rejects)"]
     zp = inits.get(n.input[2])
     if zp is None:
         return [f"{n.name}: zero-point {n.input[2]} is not a constant"]
@@ -93,18 +97,19 @@ def _is_weight(dq, inits, producers) -> bool:
     return q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits
 
 
-def _check_dq(n, inits, consumers, counts, allow_norms: bool, is_weight: bool) -> list[str]:
+def _check_dq(n, inits, consumers, counts, scope: FloatScope, is_weight: bool) -> list[str]:
     out = []
     scale = inits.get(n.input[1])
     if scale is None:
         return [f"{n.name}: scale {n.input[1]} is not a constant"]
     axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
     for user, index in _users(n.output[0], consumers):
-        if user.op_type in FLOAT_OPS and is_weight and index > 0:
+        if is_weight and index > 0 and not scope.int8_weights_allowed(user.op_type):
             out.append(f"{n.name}: int8 weights feed {user.op_type} {user.name} input {index} (gamma/beta stay "
                        "float, also with --quantize-norms)")
-        elif user.op_type in FLOAT_OPS and not allow_norms:
-            out.append(f"{n.name}: Q/DQ feeds {user.op_type} {user.name} (kept float unless asked)")
+        elif scope.forbids_qdq_into(user.op_type):
+            why = "never int8: it breaks fused attention" if user.op_type == "Softmax" else "kept float unless asked"
+            out.append(f"{n.name}: Q/DQ feeds {user.op_type} {user.name} ({why})")
         if is_weight and scale.size > 1:
             want = _weight_axis(user)
             if want is not None and axis != want:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import sys
 import weakref
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -130,7 +128,8 @@ def deserialize(trt: Any, plan: Path | bytes, meta: dict[str, Any] | None = None
 
 
 def engine_io(trt: Any, engine: Any, where: Any = "the engine") -> dict[str, Any]:
-    """Input/output names and profile 0 of the input (min/opt/max) read from the engine; both must be float32."""
+    """Input/output names and every optimisation profile of the input (min/opt/max) read from the engine;
+    both must be float32. ``profile`` is profile 0, ``max_batch`` the largest batch any profile takes."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if n not in inputs]
@@ -146,10 +145,12 @@ def engine_io(trt: Any, engine: Any, where: Any = "the engine") -> dict[str, Any
                               "./build_engine.sh or edgevit engine ARTIFACT")
     shape = [int(d) for d in engine.get_tensor_shape(inputs[0])]
     if all(d >= 0 for d in shape):  # a static engine: its one shape is the whole profile
-        profile = [shape, shape, shape]
+        profiles = [[shape, shape, shape]]
     else:
-        profile = [[int(d) for d in s] for s in engine.get_tensor_profile_shape(inputs[0], 0)]
-    return {"input": inputs[0], "output": outputs[0], "profile": profile, "max_batch": profile[2][0]}
+        count = int(getattr(engine, "num_optimization_profiles", 1) or 1)
+        profiles = [[[int(d) for d in s] for s in engine.get_tensor_profile_shape(inputs[0], k)] for k in range(count)]
+    return {"input": inputs[0], "output": outputs[0], "profiles": profiles, "profile": profiles[0],
+            "max_batch": max(p[2][0] for p in profiles)}
 
 
 # -- running it ---------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ def _release(cudart: Any, buffers: dict[str, list[int]], stream: list[Any]) -> N
 
 class EngineSession:
     """One execution context, one stream, and device buffers allocated once and reused (grown when a
-    batch needs more); runs float32 batches, in chunks of the profile's max batch."""
+    batch needs more); runs float32 batches on the profile tuned for their batch, in chunks of the
+    largest profile's max batch; :meth:`time` times the engine as trtexec does."""
 
     def __init__(self, cudart: Any, engine: Any, io: dict[str, Any]):
         self.cudart, self.engine, self.io = cudart, engine, io
@@ -177,6 +179,7 @@ class EngineSession:
             raise EngineUnavailable("TensorRT could not create an execution context (out of GPU memory?)",
                                     "free GPU memory, or rebuild with a smaller --max-batch")
         self.buffers: dict[str, list[int]] = {}  # name -> [device pointer, bytes]
+        self.active = 0  # the context's optimisation profile (0 when it is created)
         self.stream = [cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")]
         self._free = weakref.finalize(self, _release, cudart, self.buffers, self.stream)
         kinds = cudart.cudaMemcpyKind
@@ -195,40 +198,121 @@ class EngineSession:
                 raise TargetError(f"TensorRT refused the device address of {name!r}", "report this with run.json")
         return held[0]
 
+    def _select(self, batch: int, shape: tuple[int, ...]) -> int:
+        """Make the profile tuned for ``batch`` active (the one with the smallest max batch that takes it) and
+        set the input shape; returns the profile's index."""
+        profiles, inp = self.io["profiles"], self.io["input"]
+        fits = [k for k, p in enumerate(profiles) if p[0][0] <= batch <= p[2][0]]
+        k = min(fits, key=lambda j: profiles[j][2][0]) if fits else 0
+        if k != self.active:
+            if not self.context.set_optimization_profile_async(k, int(self.stream[0])):
+                raise TargetError(f"TensorRT refused optimisation profile {k}", "report this with run.json")
+            self.active = k
+        if not self.context.set_input_shape(inp, shape):
+            lo, hi = profiles[k][0], profiles[k][2]
+            raise TargetError(f"TensorRT refused input shape {list(shape)} for {inp!r}: the engine's profile "
+                              f"allows {lo} to {hi}", "feed shapes within that range, or rebuild the engine with "
+                              "the shape you need (e.g. a larger --max-batch)")
+        return k
+
     def run(self, x: np.ndarray) -> np.ndarray:
         if not self.stream:
             raise TargetError("this TensorRT runner is closed", "load the artifact again")
-        inp, out, (lo, _, hi) = self.io["input"], self.io["output"], self.io["profile"]
+        inp, out = self.io["input"], self.io["output"]
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not self.context.set_input_shape(inp, tuple(x.shape)):
-            raise TargetError(f"TensorRT refused input shape {list(x.shape)} for {inp!r}: the engine's profile "
-                              f"allows {lo} to {hi}", "feed shapes within that range, or rebuild the engine with "
-                              "the shape you need (e.g. a larger --max-batch)")
+        self._select(len(x), tuple(x.shape))
         y = np.empty(tuple(int(d) for d in self.context.get_tensor_shape(out)), dtype=np.float32)
         stream, cudart = self.stream[0], self.cudart
         d_in, d_out = self._buffer(inp, x.nbytes), self._buffer(out, y.nbytes)
         cuda_call(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, self.h2d, stream), "copy to the GPU")
-        if not self.context.execute_async_v3(int(stream)):
-            raise TargetError("TensorRT execution failed", "see TensorRT's log above")
+        self._enqueue()
         cuda_call(cudart.cudaMemcpyAsync(y.ctypes.data, d_out, y.nbytes, self.d2h, stream), "copy from the GPU")
         cuda_call(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return y
 
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream[0])):
+            raise TargetError("TensorRT execution failed", "see TensorRT's log above")
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Batches beyond the profile's max run in chunks; one below its min (a static engine) is padded."""
-        b, lo, out = self.io["max_batch"], self.io["profile"][0][0], []
+        """Batches beyond the largest profile run in chunks; one below every profile's min (a static engine)
+        is padded."""
+        b, out = self.io["max_batch"], []
+        lo = min(p[0][0] for p in self.io["profiles"])
         for i in range(0, len(x), b):
             chunk = x[i:i + b]
             pad = np.zeros((max(lo - len(chunk), 0), *chunk.shape[1:]), chunk.dtype)
             out.append(self.run(np.concatenate([chunk, pad]) if len(pad) else chunk)[:len(chunk)])
         return np.concatenate(out)
 
+    def time(self, batch: int, iters: int = 100, warmup: int = 10) -> dict[str, Any]:
+        """GPU time of one call at ``batch`` as trtexec measures it (``--useCudaGraph --noDataTransfers``): the
+        input is copied to the device once, each call is one launch of a CUDA graph of the engine (plain
+        enqueues where capture fails, as trtexec falls back), timed with CUDA events; no host copies."""
+        if not self.stream:
+            raise TargetError("this TensorRT runner is closed", "load the artifact again")
+        c, h, w = self.io["profiles"][0][1][1:]
+        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+        k = self._select(batch, x.shape)
+        out = tuple(int(d) for d in self.context.get_tensor_shape(self.io["output"]))
+        stream, cudart = self.stream[0], self.cudart
+        d_in = self._buffer(self.io["input"], x.nbytes)
+        self._buffer(self.io["output"], 4 * int(np.prod(out)))
+        cuda_call(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, self.h2d, stream), "copy to the GPU")
+        self._enqueue()  # TensorRT's first enqueue after a shape change runs outside the graph
+        cuda_call(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        launch, graph, why = capture_graph(cudart, stream, self._enqueue)
+        start, end = (cuda_call(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(2))
+        times = []
+        try:
+            for _ in range(warmup + iters):
+                cuda_call(cudart.cudaEventRecord(start, stream), "cudaEventRecord")
+                launch()
+                cuda_call(cudart.cudaEventRecord(end, stream), "cudaEventRecord")
+                cuda_call(cudart.cudaEventSynchronize(end), "cudaEventSynchronize")
+                times.append(float(cuda_call(cudart.cudaEventElapsedTime(start, end), "cudaEventElapsedTime")))
+        finally:
+            for ev in (start, end):
+                cudart.cudaEventDestroy(ev)
+            for handle, destroy in zip(graph, (cudart.cudaGraphExecDestroy, cudart.cudaGraphDestroy)):
+                destroy(handle)
+        return {"batch": batch, "profile": k, "ms": times[warmup:], "cuda_graph": bool(graph), "graph_error": why,
+                "host_copies": False, "timer": "CUDA events around each launch"}
+
+
+def capture_graph(cudart: Any, stream: Any, enqueue: Callable[[], None]) -> tuple[Callable[[], Any], tuple, str | None]:
+    """Capture one ``enqueue`` on ``stream`` into a CUDA graph: (launch, (graph exec, graph), None), or, where
+    capture fails, (enqueue, (), why)."""
+    mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+    try:
+        cuda_call(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+    except TargetError as e:
+        return enqueue, (), e.what
+    try:
+        enqueue()
+        failed = None
+    except TargetError as e:
+        failed = e.what
+    err, graph = cudart.cudaStreamEndCapture(stream)  # always ends the capture, also after a failed enqueue
+    if failed or int(err) != 0:
+        return enqueue, (), failed or f"cudaStreamEndCapture failed: {getattr(err, 'name', err)}"
+    try:
+        exe = cuda_call(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+    except TargetError as e:
+        cudart.cudaGraphDestroy(graph)
+        return enqueue, (), e.what
+    return (lambda: cuda_call(cudart.cudaGraphLaunch(exe, stream), "cudaGraphLaunch")), (exe, graph), None
+
 
 class EngineRunner(Runner):
-    """A :class:`Runner` whose device memory can be freed now (``close()``, or ``with``), not only by GC."""
+    """A :class:`Runner` whose device memory can be freed now (``close()``, or ``with``), not only by GC;
+    ``time(batch)`` times the engine without host copies, in a CUDA graph (:meth:`EngineSession.time`)."""
 
     def close(self) -> None:
         self.predict.close()
+
+    def time(self, batch: int, iters: int = 100, warmup: int = 10) -> dict[str, Any]:
+        return self.predict.time(batch, iters, warmup)
 
     def __enter__(self) -> EngineRunner:
         return self
@@ -252,92 +336,6 @@ def load_engine(art_dir: Path) -> EngineRunner:
     session = EngineSession(cudart, engine, io)
     info = {"runtime": f"tensorrt {trt.__version__} (cuda-python)", "device": device_facts(cudart)["gpu"],
             "precision": meta.get("runtime_precision"), "engine_profile": io["profile"],
+            "engine_profiles": io["profiles"],
             "engine_meta": ENGINE_META if meta else f"none (no {ENGINE_META}: I/O and profile read from the engine)"}
     return EngineRunner(session, info)
-
-
-# -- the engine inspector ---------------------------------------------------------------------
-_PRECISIONS = [("int4", "int4"), ("int8", "int8"), ("fp8", "fp8"), ("e4m3", "fp8"), ("bf16", "bf16"),
-               ("bfloat16", "bf16"), ("fp16", "fp16"), ("half", "fp16"), ("int32", "int32"), ("int64", "int64"),
-               ("bool", "bool"), ("fp32", "fp32"), ("float", "fp32")]
-_RANK = {"int4": 0, "fp8": 1, "int8": 1, "fp16": 2, "bf16": 2, "fp32": 3}  # index/shape types don't count
-_ATTENTION = re.compile(r"fmha|gemm_mha|mha_v\d|fused_?mha|flash_?att|(^|[^a-z])mha($|[^a-z])", re.I)
-_MYELIN = re.compile(r"foreignnode|__myl|_myl\d|myelin", re.I)
-
-
-def tensor_precision(fmt: str | None) -> str | None:
-    """'Row major linear FP16 format' -> 'fp16', 'Int8' -> 'int8'; None for 'N/A due to dynamic shapes'."""
-    low = str(fmt or "").lower()
-    return next((p for key, p in _PRECISIONS if key in low), None)
-
-
-def _layer(entry: Any) -> dict[str, Any]:
-    if not isinstance(entry, dict):  # ProfilingVerbosity.LAYER_NAMES_ONLY: names alone
-        return {"name": str(entry), "type": None}
-    ins = [tensor_precision(t.get("Format/Datatype")) for t in entry.get("Inputs", []) if isinstance(t, dict)]
-    outs = [tensor_precision(t.get("Format/Datatype")) for t in entry.get("Outputs", []) if isinstance(t, dict)]
-    floats = [p for p in ins if p in _RANK] or [p for p in outs if p in _RANK]
-    layer = {"name": entry.get("Name"), "type": entry.get("LayerType"), "inputs": ins, "outputs": outs}
-    if floats:
-        layer["precision"] = min(floats, key=_RANK.__getitem__)
-    for key, src in (("tactic", "TacticName"), ("origin", "Metadata")):
-        if entry.get(src):
-            layer[key] = entry[src]
-    return layer
-
-
-def summarize_layers(raw: str) -> dict[str, Any]:
-    """Parse IEngineInspector's JSON (``{"Layers": [...], "Bindings": [...]}``) into layers and a summary.
-
-    What can be told: each layer's name and type, the data types of its inputs/outputs (its
-    precision here is the narrowest float type among its inputs, else its outputs), and whether a
-    fused attention kernel is *named* (``_gemm_mha_v2``, fmha, flash attention: True). What cannot:
-    the inside of an opaque Myelin region (``{ForeignNode[...]}``): attention compiled into one
-    shows no kernel name, so ``attention_fused`` is None there (only a profile, e.g. nsys or
-    trtexec --dumpProfile, names its kernels); False means layers are listed, none is a fused
-    attention kernel and no Myelin region hides one. Without an execution context whose shapes are
-    set, a dynamic-shape engine reports formats as "N/A due to dynamic shapes" (precision unknown).
-    """
-    obj = json.loads(raw) if raw else {}
-    entries = obj.get("Layers", []) if isinstance(obj, dict) else obj if isinstance(obj, list) else []
-    layers = [_layer(e) for e in entries]
-    text = [" ".join(str(layer.get(k) or "") for k in ("name", "type", "tactic")) for layer in layers]
-    myelin = sum(bool(_MYELIN.search(t)) for t in text)
-    fused = any(_ATTENTION.search(t) for t in text)
-    detail = "none" if not layers else "names only" if all(not isinstance(e, dict) for e in entries) else "detailed"
-    summary = {"layers": len(layers), "detail": detail,
-               "by_precision": dict(Counter(layer.get("precision") or "unknown" for layer in layers)),
-               "attention_fused": True if fused else None if (myelin or not layers) else False,
-               "myelin_nodes": myelin}
-    return {"layers": layers, "summary": summary}
-
-
-def _shaped_context(trt: Any, engine: Any) -> Any:
-    """A context with the input at the profile's opt shape, so the inspector can name formats."""
-    try:
-        io = engine_io(trt, engine)
-        context = engine.create_execution_context()
-        return context if context is not None and context.set_input_shape(io["input"], io["profile"][1]) else None
-    except Exception:
-        return None
-
-
-def engine_layers(engine_or_art_dir: Any) -> dict[str, Any]:
-    """The engine inspector's per-layer view of an engine (or of ``ART_DIR/model.plan``): see :func:`summarize_layers`.
-
-    Detailed information needs an engine built with ``ProfilingVerbosity.DETAILED`` (edgevit's
-    builds and ``build_engine.sh`` use it); other engines list names only, or nothing."""
-    import tensorrt as trt
-
-    engine = engine_or_art_dir
-    if isinstance(engine_or_art_dir, (str, Path)):
-        art_dir = Path(engine_or_art_dir)
-        if why := engine_unavailable():
-            raise EngineUnavailable(f"cannot inspect {art_dir / ENGINE} here: {why}",
-                                    "inspect it on a machine with TensorRT and an NVIDIA GPU")
-        engine = deserialize(trt, art_dir / ENGINE, read_meta(art_dir))
-    inspector = engine.create_engine_inspector()
-    context = _shaped_context(trt, engine)
-    if context is not None:
-        inspector.execution_context = context
-    return summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
