@@ -10,8 +10,13 @@ batches would not do: the reference model trained on them, which inflates its ac
 Latency: DeiT-Ti @224 (196 tokens; random weights, latency does not depend on them), batch 1, the
 same transforms (ToMe r scaled to 196 tokens). After the search, the winners' latency artifacts and
 the baselines (NNCF's default int8 on the dense model, dense ONNX Runtime fp32, dense OpenVINO fp32)
-are timed head to head in 200 short rounds (one run of each, a random order per round); each ratio is the
-median of the per-round ratios with its paired bootstrap 95 % interval (edgevit.eval.timing).
+are timed together in 200 short rounds (one run of each, a random order per round), and then each bar's
+pair alone in rounds of its own (200, more until the interval is within ±5 %): each ratio is the median of
+the per-round ratios with its paired bootstrap 95 % interval (edgevit.eval.timing). The bars are judged on
+the pair's own rounds: in the five-artifact rounds the 26 ms fp32 models run between every two runs of the
+winner and evict its caches, which costs a 2-5 ms model proportionally more (measured: the committed
+winner / NNCF's default int8 was 0.476x in the five-way rounds and 0.417x [0.408, 0.425] in the pair's own
+rounds, 0.411x [0.400, 0.423] with 8 runs per visit). Both are recorded.
 
     python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 200]
 """
@@ -31,15 +36,31 @@ RUN = ROOT / "benchmarks" / "runs" / "optimize_cpu"
 CIFAR = SHARED_DATA / "cifar-10-batches-py"
 
 
-def head_to_head(paths: dict[str, Path], rounds: int) -> tuple[dict[str, dict], object]:
-    """Every artifact timed in the same short rounds (one run each, a random order per round): each
+BAR_PAIRS = (("winner openvino", "nncf-default int8 dense"), ("winner onnx", "ort-fp32 dense"),
+             ("nncf-default int8 dense", "openvino-fp32 dense"))
+
+
+def head_to_head(paths: dict[str, Path], rounds: int, precision_pct: float | None = None
+                 ) -> tuple[dict[str, dict], object]:
+    """The artifacts timed in the same short rounds (one run each, a random order per round): each
     one's robust figure, and the paired ratios come from the returned RoundTimes."""
     from edgevit.run.artifacts import bench_artifacts_timed
 
-    rows, rt = bench_artifacts_timed(list(paths.values()), reference=False, warmup=20, iters=1, rounds=rounds)
+    rows, rt = bench_artifacts_timed(list(paths.values()), reference=False, warmup=20, iters=1, rounds=rounds,
+                                     precision_pct=precision_pct)
     rt.labels = list(paths)
     return {k: {**{f: r[f] for f in ("p50_ms", "p90_ms", "estimate_ms", "runtime_precision")}, "artifact": str(p)}
             for (k, p), r in zip(paths.items(), rows)}, rt
+
+
+def pair_ratios(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
+    """Each bar's pair timed alone, in rounds of its own (on until its interval is within ±5 %)."""
+    out = {}
+    for a, b in BAR_PAIRS:
+        if a in paths and b in paths:
+            _, rt = head_to_head({b: paths[b], a: paths[a]}, rounds, precision_pct=5.0)
+            out[f"{a} / {b}"] = {**rt.ratio(1, 0).to_dict(), "rounds_run": rt.context.get("rounds_run")}
+    return out
 
 
 def main() -> None:
@@ -84,9 +105,8 @@ def main() -> None:
                                                         else None) / "artifacts" / row["target"]
     h2h, rt = head_to_head(paths, args.rounds)
     keys = list(paths)
-    ratios = {f"{a} / {b}": rt.ratio(keys.index(a), keys.index(b)).to_dict()
-              for a, b in (("winner openvino", "nncf-default int8 dense"), ("winner onnx", "ort-fp32 dense"),
-                           ("nncf-default int8 dense", "openvino-fp32 dense")) if a in keys}
+    together = {f"{a} / {b}": rt.ratio(keys.index(a), keys.index(b)).to_dict() for a, b in BAR_PAIRS if a in keys}
+    ratios = pair_ratios(paths, args.rounds)
     rows = [{"part": "search candidate (search rounds, DeiT-Ti @224 latency, CIFAR val accuracy)", **r}
             for r in summary["rows"]]
     rows += [{"part": "head to head (DeiT-Ti @224, batch 1)", "variant": k, **v} for k, v in h2h.items()]
@@ -97,8 +117,10 @@ def main() -> None:
     def win(fam, key):
         return wins[fam][key] if fam in wins else float("inf")
 
-    rows += [{"part": "paired ratio (head to head, bootstrap 95 % interval)", "ratio_of": k, **v}
-             for k, v in ratios.items()]
+    rows += [{"part": "paired ratio (all five in the same rounds, bootstrap 95 % interval)", "ratio_of": k, **v}
+             for k, v in together.items()]
+    alone = "paired ratio (the pair alone in its own rounds, bootstrap 95 % interval): the bars"
+    rows += [{"part": alone, "ratio_of": k, **v} for k, v in ratios.items()]
     ov = ratios.get("winner openvino / nncf-default int8 dense", {}).get("ratio", float("inf"))
     ort = ratios.get("winner onnx / ort-fp32 dense", {}).get("ratio", float("inf"))
     checks = [
@@ -110,12 +132,15 @@ def main() -> None:
     ]
     for k, v in h2h.items():
         print(f"{k:<26} estimate {v['estimate_ms']:7.2f} ms  p50 {v['p50_ms']:7.2f} ms")
-    for v in ratios.values():
-        print(v["text"])
+    for name, rs in (("all five together", together), ("each pair alone (the bars)", ratios)):
+        print(name + ":")
+        for v in rs.values():
+            print("  " + v["text"])
     write_results(__file__, rows, checks, model=model_info, winners=wins, fronts=summary["fronts"],
                   budget=summary["budget"], cpu=summary["cpu"], finetunes=summary["finetunes"],
                   search_seconds=summary["search_seconds"],
-                  decisions=summary.get("decisions"), ratios=ratios, whole_script_minutes=(time.monotonic() - t0) / 60,
+                  decisions=summary.get("decisions"), ratios=ratios, ratios_all_together=together,
+                  whole_script_minutes=(time.monotonic() - t0) / 60,
                   front_md=str((RUN / "front.md").relative_to(ROOT)))
     shutil.copy(RUN / "front.md", ROOT / "benchmarks" / "results" / "optimize_cpu.front.md")
     shutil.copy(RUN / "plot.png", ROOT / "benchmarks" / "results" / "optimize_cpu.plot.png")

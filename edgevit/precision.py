@@ -33,11 +33,13 @@ TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8", 6
 SCOPE = FloatScope()  # what stays float: asked for the head and the ops that keep fp32 arithmetic
 
 
-def precision_map(onnx_path: str | Path, fp16_peer: str | None = "tensorrt-fp16") -> dict[str, Any]:
+def precision_map(onnx_path: str | Path, fp16_peer: str | None = "tensorrt-fp16", graph: Any = None
+                  ) -> dict[str, Any]:
     """Per-op compute precision of the ONNX at ``onnx_path`` with a summary and warnings. ``fp16_peer``:
     the fp16 artifact an int8 one must beat where fp32 compute is the cost (a GPU runtime); None for a
-    CPU runtime, where float32 outside the int8 GEMMs is the norm."""
-    g = typed_graph(Path(onnx_path))
+    CPU runtime, where float32 outside the int8 GEMMs is the norm. ``graph``: :func:`typed_graph` of
+    ``onnx_path`` when the caller has read it already (it is then not read again)."""
+    g = graph if graph is not None else typed_graph(Path(onnx_path))
     types = _tensor_types(g)
     producers = {o: n for n in g.node for o in n.output}
     inits = {t.name for t in g.initializer}

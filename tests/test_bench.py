@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -139,3 +140,26 @@ def test_bench_compare_prints_each_ratio_against_the_first_with_its_interval(tmp
     assert fixed.exit_code == 0 and json.loads((tmp_path / "f.json").read_text())[1]["runs"] == 25
     bad = CliRunner().invoke(app, ["bench", a, "--compare"])
     assert bad.exit_code == 2 and "two things to compare" in bad.output
+
+
+def test_two_artifacts_of_one_target_keep_their_own_rows(tmp_path):
+    """A dense and a pruned export's `onnx` timed together: rows named by run, neither hides the other."""
+    from conftest import tiny_spec
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+    from edgevit.run.artifacts import row_names
+    from edgevit.run.export import ExportOptions, run_export
+
+    spec = tiny_spec()
+    dense = run_export(spec, ExportOptions(targets=["onnx"], out=tmp_path / "dense", bench=False, validate=False))
+    pruned = run_export(dataclasses.replace(spec, prune="evit:0.5@1"),
+                        ExportOptions(targets=["onnx"], out=tmp_path / "pruned", bench=False, validate=False))
+    a, b = dense / "artifacts" / "onnx", pruned / "artifacts" / "onnx"
+    res = CliRunner().invoke(app, ["bench", str(a), str(b), "--compare", "--rounds", "10", "--precision", "0",
+                                   "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [r["name"] for r in rows] == ["dense/onnx", "pruned/onnx"] and rows[1]["target"] == "onnx"
+    assert "pruned/onnx / dense/onnx = " in res.output
+    assert row_names([(a, {"target": "onnx"}), (a, {"target": "onnx"})]) == ["dense/onnx#0", "dense/onnx#1"]

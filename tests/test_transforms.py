@@ -92,6 +92,6 @@ def test_a_shape_changing_transform_applies_before_the_weights_load(tmp_path):
     assert recorded.checkpoint_sha256 and recorded.prune == "mlpwidth:32"
     composed, _, _ = build_model(ModelSpec(**{**spec.to_dict(), "checkpoint": str(ckpt),
                                               "prune": "mlpwidth:32+tome:2"}))
-    assert composed.blocks.merge == [2, 2]
+    assert composed.blocks.plan == [(("tome", 16, 2),), (("tome", 14, 2),)]  # 2 merged in each block
     with pytest.raises(TransformError, match="changes weight shapes"):
         transforms.apply(build_model(tiny_spec())[0], "mlpwidth:32")

@@ -4,10 +4,12 @@ from __future__ import annotations
 import errno
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
+from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperCommand
 
 from ..errors import EdgeVitError, describe, os_error_fix
 from ..progress import console as err
@@ -69,3 +71,26 @@ def default_out(model: str, targets: list[str]) -> Path:
 def given(values: dict[str, Any]) -> dict[str, Any]:
     """The options given on the command line (typer's None: not given; an empty list: not given)."""
     return {k: v for k, v in values.items() if v is not None and v != []}
+
+
+def live_help(**helps: Callable[[], str]) -> type[TyperCommand]:
+    """A command class whose options' help (option name -> a function making the text) is made when the
+    help is shown, from tables filled at run time (the transforms a plugin or a test registered), and
+    without importing them for any other use of the command line."""
+
+    class LiveHelp(TyperCommand):
+        def format_help(self, ctx, formatter) -> None:
+            for p in self.params:
+                if p.name in helps:  # forms such as evit:KEEP[@BLOCKS] are text, not rich markup
+                    text = helps[p.name]()
+                    p.help = escape(text) if self.rich_markup_mode == "rich" else text
+            return super().format_help(ctx, formatter)
+
+    return LiveHelp
+
+
+def prune_help() -> str:
+    """``--prune``'s help: the transforms registered now, with their forms."""
+    from ..transforms import forms_help
+
+    return f"transforms before export: {forms_help()}; see `edgevit prune`"

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import default_out, fresh, friendly, out, split_targets
+from .common import default_out, fresh, friendly, live_help, out, prune_help, split_targets
 from .options import TargetOptionsCommand
 
 
@@ -29,7 +29,7 @@ def _export_command(name: str, default_targets: list[str] | None, doc: str) -> T
         num_classes: Optional[int] = typer.Option(None, help="classifier size (default: the model's, 1000)"),
         img_size: Optional[int] = typer.Option(None, help="input size, e.g. 32 for CIFAR-sized variants"),
         patch_size: Optional[int] = typer.Option(None, help="patch size, e.g. 4 at 32 px"),
-        prune: Optional[str] = typer.Option(None, help="transforms before export, joined by '+': evit:KEEP[@BLOCKS] (e.g. evit:0.7@3,6,9), tome:R (e.g. tome:8), evit:0.7+tome:4; see `edgevit prune`"),
+        prune: Optional[str] = typer.Option(None, help="transforms before export (shown with --help: prune_help)"),
         data: Optional[str] = typer.Option(None, help="labelled images to validate on: ImageFolder, CIFAR folder or 'digits'"),
         split: str = typer.Option("test", help="train | val | test | all"),
         limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
@@ -76,19 +76,33 @@ QUANTIZE_DOC = """int8 post-training quantization to every int8 target, validate
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(friendly(_export_command("export", ["onnx"], EXPORT_DOC)))
-    app.command("quantize")(friendly(_export_command("quantize", None, QUANTIZE_DOC)))
-    app.command("prune")(friendly(prune_cmd))
+    exporting = live_help(prune=prune_help)
+    app.command("export", cls=exporting)(friendly(_export_command("export", ["onnx"], EXPORT_DOC)))
+    app.command("quantize", cls=exporting)(friendly(_export_command("quantize", None, QUANTIZE_DOC)))
+    app.command("prune", cls=live_help(method=method_help, spec_text=spec_help))(friendly(prune_cmd))
     app.command("engine")(friendly(engine))
+
+
+def method_help() -> str:
+    from ..transforms import TRANSFORMS
+
+    return (f"the transform: {' | '.join(TRANSFORMS)}; --keep-rate and --locations make evit's spec, --r the "
+            "argument of any other (tome:R); or give the whole spec with --spec")
+
+
+def spec_help() -> str:
+    from ..transforms import forms_help
+
+    return f"the whole transform spec instead of --method and its options: {forms_help()}"
 
 
 def prune_cmd(
     model: str = typer.Option("deit_tiny", "--model", "-m", help="a ViT/DeiT from the zoo or timm"),
-    method: str = typer.Option("evit", help="evit (keep the most attended tokens, fuse the rest) | tome (merge similar tokens)"),
+    method: str = typer.Option("evit", help="the transform (shown with --help: method_help)"),
     keep_rate: float = typer.Option(0.7, help="EViT: fraction of patch tokens kept at each pruning block, in (0, 1]"),
     locations: Optional[str] = typer.Option(None, help="EViT: blocks that prune, comma-separated (default: a quarter, half and three quarters of depth, 3,6,9 for DeiT)"),
-    r: int = typer.Option(8, help="ToMe: tokens merged in every block"),
-    spec_text: Optional[str] = typer.Option(None, "--spec", help="the whole transform spec instead of --method and its options, e.g. evit:0.7+tome:4"),
+    r: int = typer.Option(8, help="ToMe: tokens merged in every block (the argument of any --method but evit)"),
+    spec_text: Optional[str] = typer.Option(None, "--spec", help="the whole transform spec (shown with --help: spec_help)"),
     checkpoint: Optional[Path] = typer.Option(None, help="dense weights (.pth/.safetensors)"),
     pretrained: bool = typer.Option(True, help="hub weights when no --checkpoint (needs internet)"),
     num_classes: Optional[int] = typer.Option(None), img_size: Optional[int] = typer.Option(None),
@@ -102,7 +116,8 @@ def prune_cmd(
     exist_ok: bool = typer.Option(False, help="write into an existing --out"),
     bench: bool = typer.Option(True, help="benchmark latency after export"),
 ):
-    """Token pruning (EViT) or merging (ToMe) with static shapes, then export, validate, bench and report.
+    """Token pruning or merging with static shapes (EViT, ToMe, any registered token transform), then export,
+    validate, bench and report.
 
         edgevit prune --model deit_tiny --checkpoint w.pth --method evit --keep-rate 0.7 --data imagenet/ --finetune-epochs 1
         edgevit prune --model deit_tiny --checkpoint w.pth --method tome --r 8 --target openvino,openvino-int8 --data imagenet/
@@ -112,8 +127,10 @@ def prune_cmd(
     """
     from .. import api
 
-    text = spec_text or (f"tome:{r}" if method == "tome" else f"evit:{keep_rate:g}" + (f"@{locations}" if locations else "")
-                         if method == "evit" else f"{method}:{r}")  # an unknown method: the parser names the known
+    # --keep-rate and --locations are EViT's; --r is the argument of any other (ToMe's r); an unknown
+    # method: the parser names the known
+    text = spec_text or (f"evit:{keep_rate:g}" + (f"@{locations}" if locations else "") if method == "evit"
+                         else f"{method}:{r}")
     spec = api.ModelSpec(name=model, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                          checkpoint=str(checkpoint) if checkpoint else None, pretrained=pretrained and not checkpoint)
     tag = (spec_text or method).replace(":", "").replace("+", "-").replace("@", "-").replace(",", "")

@@ -7,11 +7,22 @@ from typing import Optional
 import typer
 
 from ..progress import table
-from .common import fresh, friendly, out
+from .common import fresh, friendly, live_help, out
 
 
 def register(app: typer.Typer) -> None:
-    app.command("optimize")(friendly(optimize))
+    app.command("optimize", cls=live_help(transforms=transforms_help))(friendly(optimize))
+
+
+def transforms_help() -> str:
+    """``--transforms``' help: the forms and the default space, from the transforms registered now."""
+    from ..run.search import default_space
+    from ..transforms import forms
+
+    space = "; ".join(p or "dense" for p in default_space(12, 196))
+    return (f"transforms to try, ';'-separated, each {forms()} or several joined by '+' (e.g. "
+            f"'evit:0.7;evit:0.5@2,5,8;tome:4'); default: every transform's search entries, for a 12-block ViT "
+            f"of 196 patch tokens: {space}")
 
 
 def optimize(
@@ -22,7 +33,7 @@ def optimize(
     max_drop: float = typer.Option(1.0, help="top-1 points the winner may lose against the dense float model"),
     strict: bool = typer.Option(False, help="hold the drop's 95 % upper bound to --max-drop (default: the point estimate)"),
     time_budget: Optional[float] = typer.Option(None, help="minutes for the whole search (resumed parts included); the best found so far wins when it runs out"),
-    transforms: Optional[str] = typer.Option(None, help="transforms to try, ';'-separated (e.g. 'evit:0.7;evit:0.5@2,5,8;tome:4'); default: EViT 0.7/0.5/0.4 at three location sets, two ToMe r, one mix"),
+    transforms: Optional[str] = typer.Option(None, help="transforms to try (shown with --help: transforms_help)"),
     finetune_epochs: int = typer.Option(2, help="epochs of each short fine-tune (distilled from the dense model); 0: none"),
     finetune_lr: float = typer.Option(2e-4, help="fine-tune learning rate"),
     max_finetunes: int = typer.Option(6, help="at most this many fine-tunes in all"),

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import fresh, friendly, out, split_targets
+from .common import fresh, friendly, live_help, out, prune_help, split_targets
 from .options import TargetOptionsCommand
 
 ZEROSHOT_DOC = """Bake a two-tower model's class prompts into one classifier, then export, validate, bench and report it.
@@ -45,7 +45,7 @@ def zeroshot(
     cache: bool = typer.Option(True, help="reuse text embeddings computed before for the same weights, classes and templates"),
     bake_only: bool = typer.Option(False, "--bake-only", help="write the baked classifier (<out>/model) and stop"),
     target: List[str] = typer.Option(["onnx"], "--target", "-t", help="targets to export to, repeat or comma-separate (`edgevit targets`)"),
-    prune: Optional[str] = typer.Option(None, help="token transforms of a timm ViT tower before export: evit:0.7, tome:8, evit:0.7+tome:4"),
+    prune: Optional[str] = typer.Option(None, help="token transforms of a timm ViT tower before export (shown with --help: prune_help)"),
     data: Optional[str] = typer.Option(None, help="labelled images to validate on (their labels in --classes order)"),
     split: str = typer.Option("test", help="train | val | test | all"),
     limit: Optional[int] = typer.Option(None, help="validate on a stratified subset of this many images"),
@@ -115,5 +115,5 @@ def lit(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("zeroshot")(friendly(TargetOptionsCommand(zeroshot, ZEROSHOT_DOC)))
+    app.command("zeroshot", cls=live_help(prune=prune_help))(friendly(TargetOptionsCommand(zeroshot, ZEROSHOT_DOC)))
     app.command("lit")(friendly(lit))

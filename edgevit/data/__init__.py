@@ -7,7 +7,7 @@ so that validation reproduces it exactly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ __all__ = [
 
 EMBEDDED = "digits"
 SPLITS = ("train", "val", "test", "all", "holdout")
+Opener = Callable[[Any, str], tuple[Dataset, bool]]  # open_source, or a caller's cache of it (one run's reader)
 
 
 def open_source(source: str | Path, split: str) -> tuple[Dataset, bool]:
@@ -89,13 +90,13 @@ def split_indices(targets: list[int], val_fraction: float, seed: int) -> tuple[l
 
 
 def train_part(source: str | Path, val_fraction: float = 0.2, seed: int = 0, holdout: float | None = None,
-               part: str = "train") -> list[int] | None:
+               part: str = "train", opener: Opener | None = None) -> list[int] | None:
     """Indices (into the source's train reader) of the images training and calibration may use, or
     with ``part="holdout"`` of the images carved out for choosing (``edgevit optimize``): with
     ``holdout`` a stratified fraction of the training images is set aside, so that a search chooses
     on images no fine-tune or calibration saw and is then confirmed on the source's own test split.
-    None: every image of a native train split."""
-    base, native = open_source(source, "train")
+    None: every image of a native train split. ``opener``: :func:`open_source` or a cache of it."""
+    base, native = (opener or open_source)(source, "train")
     pool = None if native else split_indices(base.targets, val_fraction, seed)[0]
     if not holdout:
         if part == "holdout":
@@ -107,19 +108,21 @@ def train_part(source: str | Path, val_fraction: float = 0.2, seed: int = 0, hol
 
 
 def load_split(source: str | Path, split: str, transform=None, val_fraction: float = 0.2,
-               seed: int = 0, limit: int | None = None, holdout: float | None = None) -> Transformed:
+               seed: int = 0, limit: int | None = None, holdout: float | None = None,
+               opener: Opener | None = None) -> Transformed:
     """``split`` of ``source`` with ``transform`` applied; ``limit`` takes a stratified subset.
     With ``holdout`` (a fraction), ``train`` leaves out the images of split ``holdout``
-    (:func:`train_part`)."""
+    (:func:`train_part`). ``opener`` opens the source's readers (default :func:`open_source`; a run
+    passes its cache, so that each is read once)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}", "leave it out to use every image")
-    base, native = open_source(source, split if split in ("train", "val", "test") else
-                               "train" if split == "holdout" else "all")
+    base, native = (opener or open_source)(source, split if split in ("train", "val", "test") else
+                                           "train" if split == "holdout" else "all")
     indices: list[int] | None = None
     if split == "holdout" or (split == "train" and holdout):
-        indices = train_part(source, val_fraction, seed, holdout, part=split)
+        indices = train_part(source, val_fraction, seed, holdout, part=split, opener=opener)
     elif not native and split != "all":
         train, val = split_indices(base.targets, val_fraction, seed)
         indices = train if split == "train" else val
@@ -142,18 +145,18 @@ def class_count(ds: Dataset) -> int:
     return len(names) if names else int(max(ds.targets)) + 1
 
 
-def source_classes(source: str | Path, split: str) -> int:
+def source_classes(source: str | Path, split: str, opener: Opener | None = None) -> int:
     """How many classes the labelled data ``source`` has (read from the reader of ``split``)."""
-    base, _ = open_source(source, split if split in ("train", "val", "test") else "all")
+    base, _ = (opener or open_source)(source, split if split in ("train", "val", "test") else "all")
     return class_count(base)
 
 
-def check_classes(source: str | Path, split: str, num_classes: int | None) -> None:
+def check_classes(source: str | Path, split: str, num_classes: int | None, opener: Opener | None = None) -> None:
     """Refuse labelled data with more classes than the model predicts (its accuracy would count
     labels the model can never output)."""
     if not num_classes:
         return
-    n = source_classes(source, split)
+    n = source_classes(source, split, opener)
     if n > num_classes:
         raise DataError(f"{source} has {n} classes but the model predicts {num_classes}",
                         f"pass --num-classes {n} with weights trained for them, or data of the model's classes")

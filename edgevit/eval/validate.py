@@ -77,10 +77,13 @@ def vs_dense(art: np.ndarray, dense: np.ndarray, labels: np.ndarray) -> dict[str
 def validate_runners(runners: dict[str, Callable], float_model: torch.nn.Module, data_cfg: dict,
                      source: str, split: str = "test", batch_size: int = 64, limit: int | None = None,
                      val_fraction: float = 0.2, seed: int = 0,
-                     dense_model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+                     dense_model: torch.nn.Module | None = None, dataset: Any = None) -> dict[str, dict[str, Any]]:
     """Validate several artifacts in one pass over the data (each image decoded once). With
-    ``dense_model`` (the model a pruned one came from), each row also has :func:`vs_dense`'s fields."""
-    ds = load_split(source, split, eval_transform(data_cfg), val_fraction=val_fraction, seed=seed, limit=limit)
+    ``dense_model`` (the model a pruned one came from), each row also has :func:`vs_dense`'s fields.
+    ``dataset``: the split already opened (``source``'s ``split`` with ``data_cfg``'s eval transform and
+    ``limit``), e.g. from a run's data reader; None opens it here."""
+    ds = dataset if dataset is not None else load_split(source, split, eval_transform(data_cfg),
+                                                        val_fraction=val_fraction, seed=seed, limit=limit)
     preds = {"__float__": torch_predict(float_model), **runners}
     if dense_model is not None:
         preds["__dense__"] = torch_predict(dense_model)

@@ -34,21 +34,48 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     return attn @ v, attn
 
 
-def evit_keep(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -> torch.Tensor:
-    """EViT: keep the ``keep`` patch tokens the class token attends to most, fuse the rest into one.
+def evit_rank(cls_attn: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EViT's ranking, computed once per block (one TopK): ``cls_attn`` (B, N - prefix) is the class
+    token's attention to each patch token, averaged over heads. Returns the indices of the ``keep``
+    most attended patch tokens (B, keep, in attention order), of the rest (B, N - prefix - keep) and
+    the rest's attention (B, N - prefix - keep, 1), which weights their fused token."""
+    order = cls_attn.topk(cls_attn.shape[1], dim=1).indices  # every token, most attended first
+    rest = order[:, keep:]
+    return order[:, :keep], rest, cls_attn.gather(1, rest).unsqueeze(-1)
 
-    ``cls_attn`` (B, N - prefix) is the class token's attention to each patch token, averaged over
-    heads. Output: (B, prefix + keep + 1, C) = [prefix, kept (in attention order), fused], the
-    fused token being the attention-weighted mean of the pruned tokens.
-    """
-    patches = x[:, prefix:]
-    c = x.shape[-1]
-    order = cls_attn.topk(patches.shape[1], dim=1).indices  # every token, most attended first
-    kept = patches.gather(1, order[:, :keep].unsqueeze(-1).expand(-1, -1, c))
-    rest = patches.gather(1, order[:, keep:].unsqueeze(-1).expand(-1, -1, c))
-    w_rest = cls_attn.gather(1, order[:, keep:]).unsqueeze(-1)  # summed directly: no cancellation
-    fused = (w_rest * rest).sum(1, keepdim=True) / w_rest.sum(1, keepdim=True).clamp_min(1e-12)
-    return torch.cat([x[:, :prefix], kept, fused], dim=1)
+
+def evit_select(t: torch.Tensor, prefix: int, kept: torch.Tensor, rest: torch.Tensor,
+                w_rest: torch.Tensor | None = None) -> torch.Tensor:
+    """A per-token tensor ``t`` (B, N, C) after EViT's ranking: (B, prefix + keep + 1, C) = [prefix,
+    kept, fused]. The fused token is the ``w_rest``-weighted mean of the pruned ones, or their sum
+    without weights (token sizes)."""
+    patches = t[:, prefix:]
+    c = t.shape[-1]
+    picked = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, c))
+    pruned = patches.gather(1, rest.unsqueeze(-1).expand(-1, -1, c))
+    if w_rest is None:
+        fused = pruned.sum(1, keepdim=True)
+    else:  # the pruned weights summed directly: no cancellation
+        fused = (w_rest * pruned).sum(1, keepdim=True) / w_rest.sum(1, keepdim=True).clamp_min(1e-12)
+    return torch.cat([t[:, :prefix], picked, fused], dim=1)
+
+
+def evit_prune(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int, size: torch.Tensor | None = None,
+               metric: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """EViT (Liang et al., 2022): keep the ``keep`` patch tokens the class token attends to most, fuse the
+    rest into one. One ranking orders ``x``, the token ``size`` (the fused token's: the pruned sizes'
+    sum) and the ``metric`` a merge after it matches by (fused like ``x``): (x, size, metric), each
+    [prefix, kept (in attention order), fused]."""
+    kept, rest, w_rest = evit_rank(cls_attn, keep)
+    return (evit_select(x, prefix, kept, rest, w_rest),
+            None if size is None else evit_select(size, prefix, kept, rest),
+            None if metric is None else evit_select(metric, prefix, kept, rest, w_rest))
+
+
+def evit_keep(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -> torch.Tensor:
+    """:func:`evit_prune` of ``x`` alone: (B, prefix + keep + 1, C) = [prefix, kept, fused]."""
+    return evit_prune(x, cls_attn, keep, prefix)[0]
 
 
 def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
@@ -81,39 +108,3 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     merged_size = torch.cat([size[:, :prefix], sa, sb], dim=1)
     merged = torch.cat([weighted[:, :prefix], a, b], dim=1) / merged_size
     return merged, merged_size
-
-
-def evit_keep_size(size: torch.Tensor, cls_attn: torch.Tensor, keep: int, prefix: int) -> torch.Tensor:
-    """The token sizes after :func:`evit_keep` (same order): kept sizes, then the fused token's,
-    the sum of the pruned ones. Used when EViT follows ToMe merging in one model."""
-    patches = size[:, prefix:]
-    order = cls_attn.topk(patches.shape[1], dim=1).indices
-    kept = patches.gather(1, order[:, :keep].unsqueeze(-1))
-    fused = patches.gather(1, order[:, keep:].unsqueeze(-1)).sum(1, keepdim=True)
-    return torch.cat([size[:, :prefix], kept, fused], dim=1)
-
-
-def token_plan(n_patches: int, depth: int, keep_rate: float | None = None, locations: list[int] | None = None,
-               r: int = 0) -> tuple[list[int | None], list[int]]:
-    """The composed plan of ToMe merging (``r`` per block) and EViT pruning (``keep_rate`` at
-    ``locations``): (patch tokens kept after each block or None, tokens merged in each block).
-    Within a block, pruning comes first (it ranks tokens by that block's attention). ToMe merges at
-    most half the patch tokens of a block: a larger ``r`` raises ValueError naming the block."""
-    import math
-
-    keep: list[int | None] = []
-    merge: list[int] = []
-    n = n_patches
-    for i in range(depth):
-        k = max(1, math.ceil(keep_rate * n)) if keep_rate is not None else n
-        if keep_rate is not None and i in (locations or ()) and k < n:
-            keep.append(k)
-            n = k + 1
-        else:
-            keep.append(None)
-        if r and r > n // 2:
-            raise ValueError(f"r={r} is more than block {i} allows: it has {n} patch tokens, so at most {n // 2} "
-                             f"can merge (ToMe merges half the tokens at most per block)")
-        merge.append(r)
-        n -= r
-    return keep, merge

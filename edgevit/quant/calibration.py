@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import EMBEDDED, eval_transform, open_source
+from ..data import EMBEDDED, Opener, eval_transform, open_source
 from ..data.readers import IMG_EXTENSIONS, image_bytes, image_files, image_mode, is_cifar, load_image, warn_skipped
 from ..errors import DataError
 from ..manifest import atomic_path
@@ -58,8 +58,9 @@ class _Flat:
         return load_image(self.samples[i][0]), 0
 
 
-def open_calibration_source(source: str | Path):
-    """(reader, labelled) for a calibration source; errors name the folder and the fix."""
+def open_calibration_source(source: str | Path, opener: Opener | None = None):
+    """(reader, labelled) for a calibration source; errors name the folder and the fix. ``opener``:
+    :func:`~edgevit.data.open_source` or a run's cache of it (a labelled source is then read once)."""
     if str(source) != EMBEDDED:
         path = Path(source)
         if path.is_dir() and not any(p.is_dir() for p in path.iterdir() if not p.name.startswith(".")) \
@@ -71,7 +72,7 @@ def open_calibration_source(source: str | Path):
                                 "...) in it, in class sub-folders or flat")
             return flat, False
     try:
-        reader, _ = open_source(source, "train")
+        reader, _ = (opener or open_source)(source, "train")
     except DataError as e:
         raise DataError(f"calibration source: {e.what}", e.fix) from e
     return reader, True
@@ -100,13 +101,14 @@ def sample_indices(targets: list[int], n: int, seed: int) -> list[int]:
 
 def calibration_set(source: str | Path, data_cfg: dict[str, Any], size: int = 300, seed: int = 0,
                     cache_dir: str | Path | None = DEFAULT_CACHE, allow_grey: bool = False,
-                    allowed: list[int] | None = None) -> CalibSet:
+                    allowed: list[int] | None = None, opener: Opener | None = None) -> CalibSet:
     """``size`` preprocessed images from ``source`` (see the module docstring); raises
     :class:`DataError` for an empty source, too few images or images of the wrong channel count.
-    ``allowed`` restricts the pool (the training part of a source that validation also splits)."""
+    ``allowed`` restricts the pool (the training part of a source that validation also splits);
+    ``opener`` as in :func:`open_calibration_source`."""
     if size < 1:
         raise DataError(f"--calib-size must be at least 1, got {size}", "use e.g. --calib-size 300")
-    reader, _ = open_calibration_source(source)
+    reader, _ = open_calibration_source(source, opener)
     pool = list(range(len(reader))) if allowed is None else list(allowed)
     if len(pool) < size:
         raise DataError(f"calibration source {source} has {len(pool)} images, fewer than the {size} asked for",
@@ -129,9 +131,10 @@ def calibration_set(source: str | Path, data_cfg: dict[str, Any], size: int = 30
 
 
 def control_set(source: str | Path, data_cfg: dict[str, Any], exclude: int, size: int = 500,
-                seed: int = 0, allowed: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                seed: int = 0, allowed: list[int] | None = None, opener: Opener | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Labelled images of ``source`` not among its first ``exclude`` calibration picks: (x, y)."""
-    reader, labelled = open_calibration_source(source)
+    reader, labelled = open_calibration_source(source, opener)
     if not labelled:
         raise DataError(f"--max-drop needs labelled images, but calibration folder {source} has no class "
                         "sub-folders", "pass --calib a folder laid out as <class>/<image> (or a CIFAR folder)")

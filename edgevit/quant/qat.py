@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import load_split
+from ..data import Opener, load_split
 from ..errors import DataError
 from ..graph import INPUT, OPSET, OUTPUT
 from ..train.engine import TrainConfig, fit, train_transform
@@ -42,9 +42,10 @@ class QatGraph:
 
 
 def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: str, data_cfg: dict[str, Any],
-                   qcfg: QuantConfig, run_dir: Path, onnx_path: Path, val_fraction: float = 0.2, seed: int = 0
-                   ) -> QatGraph:
-    """Fine-tune an int8 fake-quantized copy of ``model`` on ``data`` and export it to ``onnx_path``."""
+                   qcfg: QuantConfig, run_dir: Path, onnx_path: Path, val_fraction: float = 0.2, seed: int = 0,
+                   opener: Opener | None = None) -> QatGraph:
+    """Fine-tune an int8 fake-quantized copy of ``model`` on ``data`` and export it to ``onnx_path``
+    (``opener``: how ``data``'s readers open, :func:`~edgevit.data.load_split`'s)."""
     import nncf
 
     if not data:
@@ -66,7 +67,7 @@ def quantize_aware(model: torch.nn.Module, name: str, calib: np.ndarray, data: s
     tcfg = TrainConfig(epochs=qcfg.qat_epochs, batch_size=qcfg.qat_batch_size, lr=qcfg.qat_lr, min_lr=qcfg.qat_lr / 10,
                        warmup_epochs=0, label_smoothing=0.0, weight_decay=0.0, seed=seed,
                        distillation="soft" if qcfg.qat_distill else "none", alpha=0.5, tau=1.0, amp=False)
-    train_ds = load_split(data, "train", train_transform(data_cfg, tcfg), val_fraction, seed)
+    train_ds = load_split(data, "train", train_transform(data_cfg, tcfg), val_fraction, seed, opener=opener)
     n_cls = int(getattr(model, "num_classes", 0) or 0)
     history = fit(qmodel, train_ds, None, tcfg, Path(run_dir) / "qat", data_cfg, n_cls, f"{name}+qat",
                   teacher=float_model if qcfg.qat_distill else None, single_head_kd=True)

@@ -353,10 +353,11 @@ def summary_table(rows: list[dict[str, Any]]):
     return t
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write report.json, report.md, report.html and plot.png into ``run_dir``; return the HTML path."""
+def write_report(run_dir: Path, data: dict[str, Any] | None = None) -> Path:
+    """Write report.json, report.md, report.html and plot.png into ``run_dir``; return the HTML path.
+    ``data``: :func:`collect`'s, when the caller already collected it (an export writes, then prints it)."""
     run_dir = Path(run_dir)
-    data = collect(run_dir)
+    data = data if data is not None else collect(run_dir)
     png = plot(data["rows"], f"{data['run']['model']['name']} @ {data['run']['data_config']['input_size'][-1]}px",
                run_dir / "plot.png")
     write_json(run_dir / "report.json", data)
@@ -365,10 +366,11 @@ def write_report(run_dir: Path) -> Path:
     return run_dir / "report.html"
 
 
-def print_summary(run_dir: Path) -> None:
+def print_summary(run_dir: Path, data: dict[str, Any] | None = None) -> None:
+    """The report's table, warnings and headline on the terminal (``data``: :func:`collect`'s, if at hand)."""
     from ..progress import console
 
-    data = collect(run_dir)
+    data = data if data is not None else collect(run_dir)
     if data["rows"]:
         console.print(summary_table(data["rows"]))
         for w in data["warnings"]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import transforms
-from ..data import check_classes
+from ..data import eval_transform
 from ..errors import ArtifactError, EdgeVitError, ExportError, OptionError, describe
 from ..eval.latency import Subject, bench_rounds_timed, bench_torch_gpu, default_threads, eager_info, eager_subject
 from ..eval.machine import cpu_facts
@@ -20,14 +20,19 @@ from ..manifest import RUN_MANIFEST, write_json
 from ..models import ModelSpec
 from ..progress import say
 from ..targets import Target, get_target, read_manifest
+from .plan import DataReader, RunnerCache
 
 
-def load_artifact(path: str | Path, threads: int | None = None):
-    """(target, runner, manifest, directory) for an artifact directory or a file in it."""
+def load_artifact(path: str | Path, threads: int | None = None, runners: RunnerCache | None = None):
+    """(target, runner, manifest, directory) for an artifact directory or a file in it. ``runners``: a run's
+    cache of runners (opened with the same ``threads``): the artifact's runner is taken from it, or opened
+    and kept there."""
     art_dir, mf = read_manifest(path)
     target = get_target(mf["target"])
     target.check_available()
-    return target, open_runner(target, art_dir, threads), mf, art_dir
+    if runners is None:
+        return target, open_runner(target, art_dir, threads), mf, art_dir
+    return target, runners.get(art_dir, lambda: open_runner(target, art_dir, threads)), mf, art_dir
 
 
 def open_runner(target: Target, art_dir: Path, threads: int | None = None):
@@ -97,21 +102,27 @@ def _read_json(path: Path) -> dict[str, Any]:
 def validate_artifacts(paths: list[Path], data: str, split: str = "test", model: torch.nn.Module | None = None,
                        limit: int | None = None, val_fraction: float = 0.2, seed: int = 0,
                        batch_size: int = 64, save_to: Path | None = None,
-                       dense: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+                       dense: torch.nn.Module | None = None, runners: RunnerCache | None = None,
+                       reader: DataReader | None = None) -> dict[str, dict[str, Any]]:
     """Accuracy of each artifact vs its float model on the same images. Pruned artifacts are also scored
     against the dense model (``dense``, default :func:`dense_spec_for`) in the same pass: ``dense_top1``,
     ``top1_drop_vs_dense_pts`` and its ``top1_drop_vs_dense_ci95_pts``, ``only_dense_correct``,
-    ``only_artifact_correct_vs_dense``."""
-    loaded = [load_artifact(p) for p in paths]
+    ``only_artifact_correct_vs_dense``. ``runners`` and ``reader``: a run's cache of runners (those its
+    output checks opened) and its reader of ``data`` (same ``val_fraction`` and ``seed``); the split is opened
+    once either way, for the class check and the images."""
+    loaded = [load_artifact(p, runners=runners) for p in paths]
     mf0 = _same_model([mf for _, _, mf, _ in loaded], paths)
     model = model if model is not None else float_model_for(mf0)
-    check_classes(data, split, getattr(model, "num_classes", None))
+    if reader is None or str(reader.source) != str(data):
+        reader = DataReader(data, val_fraction, seed)
+    reader.check_classes(split, getattr(model, "num_classes", None))
     dense_spec = None if dense is not None else dense_spec_for(mf0, loaded[0][3])
     if dense_spec is not None:
         dense = dense_model_or_none(dense_spec)
-    runners = {mf["target"]: runner for _, runner, mf, _ in loaded}
-    res = validate_runners(runners, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed,
-                           dense_model=dense)
+    by_target = {mf["target"]: runner for _, runner, mf, _ in loaded}
+    ds = reader.split(split, eval_transform(mf0["data_config"]), limit)
+    res = validate_runners(by_target, model, mf0["data_config"], data, split, batch_size, limit, val_fraction, seed,
+                           dense_model=dense, dataset=ds)
     for _, runner, mf, art_dir in loaded:
         res[mf["target"]].update(precision=mf["precision"], runtime_precision=runner.info.get("precision"),
                                  artifact=str(art_dir))
@@ -154,7 +165,8 @@ def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = Non
 
     On a machine with a CUDA GPU (and ``gpu``), PyTorch on the GPU (fp32, fp16, fp16 + torch.compile)
     follows the reference; ONNX Runtime artifacts run on its CUDA provider where onnxruntime-gpu is
-    installed, and TensorRT artifacts run their engines."""
+    installed, and TensorRT artifacts run their engines. Each artifact loads here, also after an export's
+    checks had it open: loading is measured (``peak_mem_mb``, one at a time), and with ``threads``."""
     if rounds < 1:
         raise OptionError(f"--rounds must be at least 1, got {rounds}", "pass --rounds 1 or more (e.g. 3)")
     threads = threads or default_threads()
@@ -172,8 +184,8 @@ def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = Non
         if dense_spec is not None and (dense := dense_model_or_none(dense_spec)) is not None:
             subjects.append(eager_subject(dense, x, threads, "pytorch eager (dense)"))
             infos.append(eager_info(dense, "pytorch-eager-dense"))
-    for art_dir, mf in mfs:
-        s, info = _artifact_subject(art_dir, mf, threads)
+    for (art_dir, mf), name in zip(mfs, row_names(mfs)):
+        s, info = _artifact_subject(art_dir, mf, threads, name)
         subjects.append(s)
         infos.append(info)
     timed, rt = bench_rounds_timed(subjects, x, warmup, iters, rounds, min_seconds, seed, precision_pct)
@@ -197,9 +209,19 @@ def bench_artifacts_timed(paths: list[Path], model: torch.nn.Module | None = Non
     return rows, rt
 
 
-def _artifact_subject(art_dir: Path, mf: dict[str, Any], threads: int) -> tuple[Subject, dict[str, Any]]:
+def row_names(mfs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Each artifact's row name: its target, or ``<run>/<target>`` where two artifacts of one target (from two
+    runs, e.g. a dense and a pruned export) are timed together, so neither row hides the other."""
+    targets = [mf["target"] for _, mf in mfs]
+    names = [t if targets.count(t) == 1 else f"{Path(d).resolve().parent.parent.name}/{t}"
+             for (d, _), t in zip(mfs, targets)]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def _artifact_subject(art_dir: Path, mf: dict[str, Any], threads: int, name: str | None = None
+                      ) -> tuple[Subject, dict[str, Any]]:
     """A :class:`Subject` loading the artifact, and its row's descriptive fields (runtime ones filled in
-    from the runner when it loads, under ``_loaded``)."""
+    from the runner when it loads, under ``_loaded``); ``name``: the row's name (default: the target's)."""
     target = get_target(mf["target"])
     loaded: dict[str, Any] = {}
 
@@ -208,10 +230,13 @@ def _artifact_subject(art_dir: Path, mf: dict[str, Any], threads: int) -> tuple[
         loaded.update(runtime_precision=runner.info.get("precision"), runtime=runner.info.get("runtime"))
         return runner
 
-    info = {"name": target.name, "backend": target.backend, "precision": target.precision,
+    name = name or target.name
+    info = {"name": name, "backend": target.backend, "precision": target.precision,
             "runtime_precision": None, "runtime": None, "size_mb": mf["size_bytes"] / 2**20,
             "artifact": str(art_dir), "_loaded": loaded}
-    return Subject(target.name, make), info
+    if name != target.name:
+        info["target"] = target.name
+    return Subject(name, make), info
 
 
 def _same_model(manifests: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:

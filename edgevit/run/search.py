@@ -18,7 +18,8 @@ from ..errors import EdgeVitError, OptionError
 from ..models import ModelSpec
 from ..targets import TARGETS, get_target
 from ..targets.registry import families as target_families
-from ..transforms.tokens import max_tome_r
+from ..transforms import TRANSFORMS
+from ..transforms import parse as parse_transforms
 
 
 class SearchError(EdgeVitError):
@@ -55,7 +56,7 @@ class Candidate:
     prune: str | None  # transforms on the accuracy model (None: dense)
     target: str  # an export target
     family: str  # the runtime it answers for
-    latency_prune: str | None  # the same transforms on the latency model (ToMe r scaled to its tokens)
+    latency_prune: str | None  # the same transforms on the latency model (each scaled to its tokens)
 
     @property
     def key(self) -> str:
@@ -72,37 +73,34 @@ def slug(text: str | None) -> str:
 
 
 def default_space(depth: int, n_tokens: int) -> list[str | None]:
-    """The transforms searched by default for a ViT of ``depth`` blocks and ``n_tokens`` patch
-    tokens: EViT keep 0.7 / 0.5 / 0.4 at three sets of locations (a quarter, half and three
-    quarters of depth, then one and two blocks earlier: earlier pruning saves more, costs more
-    accuracy), ToMe merging about 4 % and 6.5 % of the tokens per block, and EViT 0.5 with the
-    smaller ToMe together (with fewer merges, since EViT has already cut the tokens): EViT 0.7 with
-    two thirds and EViT 0.5 with a third of that r. Transforms that do not fit a given model (too few
-    tokens left to merge) are left out by the search, which says so."""
-    q, h, t = max(0, depth // 4), depth // 2, max(0, 3 * depth // 4)
-    locs = []
-    for shift in (0, 1, 2):
-        loc = tuple(i - shift for i in (q, h, t))
-        if min(loc) >= 1 and len(set(loc)) == 3 and loc not in locs:
-            locs.append(loc)
-    evit = [f"evit:{k:g}@{','.join(map(str, loc))}" for k in (0.7, 0.5, 0.4) for loc in locs]
-    cap = max_tome_r(n_tokens, depth)
-    rs = sorted({min(cap, max(1, round(f * n_tokens))) for f in (0.04, 0.065)} - {0})
-    tome = [f"tome:{r}" for r in rs]
-    combo = [f"evit:{k:g}@{q},{h},{t}+tome:{max(1, round(rs[0] * f))}" for k, f in ((0.7, 2 / 3), (0.5, 1 / 3))
-             ] if rs else []
-    return [None, *evit, *tome, *combo]
+    """The transforms searched by default for a ViT of ``depth`` blocks and ``n_tokens`` patch tokens:
+    dense, every registered transform's own entries (its ``search_space``: EViT keep 0.7 / 0.5 / 0.4 at
+    three sets of locations, ToMe merging about 4 % and 6.5 % of the tokens per block), then each
+    entry a transform offers to lead (``search_lead``) with every other transform following at the
+    share it asks (``search_follow``): EViT 0.7 with two thirds and EViT 0.5 with a third of the smaller
+    ToMe r (fewer merges, since EViT has already cut the tokens). Transforms that do not fit a given
+    model (too few tokens left to merge) are left out by the search, which says so."""
+    kinds = [c for c in TRANSFORMS.values() if hasattr(c, "search_space")]
+    alone = [entry for c in kinds for entry in c.search_space(depth, n_tokens)]
+    composed = []
+    for lead in kinds:
+        for text, share in getattr(lead, "search_lead", lambda *_: [])(depth, n_tokens):
+            follows = [c.search_follow(depth, n_tokens, share) for c in kinds
+                       if c is not lead and hasattr(c, "search_follow")]
+            composed += [f"{text}+{f}" for f in follows if f]
+    return [None, *alone, *composed]
 
 
 def scale_prune(text: str | None, n_from: int, n_to: int) -> str | None:
-    """The same transforms for a model with ``n_to`` patch tokens: EViT keep rates and locations are
-    kept, ToMe's r (tokens merged per block) scales with the token count."""
+    """The same transforms for a model with ``n_to`` patch tokens, each as it scales (its ``scaled``:
+    ToMe's r, tokens merged per block, scales with the token count; EViT's keep rate and locations
+    hold); a part that does not change keeps its text."""
     if not text or n_from == n_to:
         return text
     parts = []
-    for part in text.split("+"):
-        name, _, arg = part.partition(":")
-        parts.append(f"tome:{max(1, round(int(arg) * n_to / n_from))}" if name == "tome" else part)
+    for part, t in zip(text.split("+"), parse_transforms(text)):
+        s = t.scaled(n_from, n_to) if hasattr(t, "scaled") else t
+        parts.append(part if s == t else str(s))
     return "+".join(parts)
 
 

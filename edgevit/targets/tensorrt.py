@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ExportError
 from ..graph import external_data_facts
 from ..manifest import write_json
-from ..precision import precision_map, summary_line
+from ..precision import precision_map, summary_line, typed_graph
 from ..quant.config import QuantConfig
 from ..quant.fp16 import fp16_outside_gemms
 from .base import MANIFEST, ExportContext, Runner, register
@@ -61,10 +61,11 @@ class TensorRtTarget(OnnxTarget):
     def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
         return self.finish(out_dir, ctx, prepare_fp16(onnx_fp32, out_dir / self.model_file))
 
-    def finish(self, out_dir: Path, ctx: ExportContext, facts: dict[str, Any]) -> dict[str, Any]:
-        """Write the trtexec script and, where possible, build the engine from ``model.onnx``."""
+    def finish(self, out_dir: Path, ctx: ExportContext, facts: dict[str, Any], graph: Any = None) -> dict[str, Any]:
+        """Write the trtexec script and, where possible, build the engine from ``model.onnx`` (``graph``: its
+        typed graph, when already read)."""
         eopts: EngineOptions = ctx.options
-        pmap = precision_map(out_dir / self.model_file)  # what the strongly typed engine will compute
+        pmap = precision_map(out_dir / self.model_file, graph=graph)  # what the strongly typed engine will compute
         facts.update(precision_map={**pmap["summary"], "warnings": pmap["warnings"]},
                      runtime_precision=pmap["summary"]["label"])
         size = list(ctx.input_size or input_size_of(out_dir / self.model_file))
@@ -175,13 +176,15 @@ class TensorRtInt8Target(Int8Target, TensorRtTarget):
         """The QAT graph with fp16 outside its int8 GEMMs, as the PTQ graph has."""
         return {**fp16_outside_gemms(qat_onnx, dst), **QAT_FACTS}
 
-    def finish(self, out_dir: Path, ctx: ExportContext, facts: dict[str, Any]) -> dict[str, Any]:
-        rules = check_tensorrt_rules(out_dir / self.model_file, ctx.options.float_scope())
+    def finish(self, out_dir: Path, ctx: ExportContext, facts: dict[str, Any], graph: Any = None) -> dict[str, Any]:
+        # the shipped graph read once: the rules check and the precision map both read it
+        graph = graph if graph is not None else typed_graph(out_dir / self.model_file)
+        rules = check_tensorrt_rules(graph, ctx.options.float_scope(), base_dir=out_dir)
         if rules["violations"]:
             raise ExportError(f"target {self.name!r}: the Q/DQ graph breaks {len(rules['violations'])} TensorRT "
                               f"int8 rule(s), e.g. {rules['violations'][0]}", "report this with the run's run.json")
         facts.update(tensorrt_rules=rules)
-        facts = TensorRtTarget.finish(self, out_dir, ctx, facts)
+        facts = TensorRtTarget.finish(self, out_dir, ctx, facts, graph)
         facts["precision_map"]["kept_float"] = {  # what the float scope kept float beyond the head, and why
             "attention": facts.get("attention_kept_float", []),
             "fp16_subnormal_scales": facts.get("fp16_subnormal_kept_float", [])}

@@ -28,12 +28,17 @@ from ..float_scope import FloatScope
 from ..graph import edges
 
 
-def check_tensorrt_rules(model: str | Path | Any, scope: FloatScope = FloatScope()) -> dict[str, Any]:
-    """Check a Q/DQ graph (a path or a ModelProto) against TensorRT's int8 rules and ``scope``."""
+def check_tensorrt_rules(model: str | Path | Any, scope: FloatScope = FloatScope(), base_dir: str | Path = ""
+                         ) -> dict[str, Any]:
+    """Check a Q/DQ graph (a path, a ModelProto, or a GraphProto already read, e.g. the typed graph the
+    precision map reads, with ``base_dir`` its folder for external data) against TensorRT's int8 rules and
+    ``scope``."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
-        g, base_dir = model.graph, ""
+        g, base_dir = model.graph, str(base_dir)
+    elif isinstance(model, onnx.GraphProto):
+        g, base_dir = model, str(base_dir)
     else:  # the graph only: the few scales and zero-points read are loaded on demand
         g, base_dir = onnx.load(str(model), load_external_data=False).graph, str(Path(model).parent)
     tensors = {t.name: t for t in g.initializer}

@@ -3,9 +3,11 @@
     >>> from edgevit import transforms
     >>> model, spec, facts = transforms.build_model(ModelSpec("deit_tiny", checkpoint="w.pth", prune="evit:0.7+tome:4"))
 
-A new transform is one file in this package that defines a class and decorates it with
-:func:`~edgevit.transforms.base.register` (see :mod:`edgevit.transforms.base`), then is imported
-below; specs, recipes, manifests and reports take it with no other edit.
+A new transform is one file that defines a class and decorates it with
+:func:`~edgevit.transforms.base.register` (see :mod:`edgevit.transforms.base`; a token transform
+supplies :class:`~edgevit.transforms.tokens.TokenPart` too), imported below or by its user (a plugin,
+a test: ``tests/toy_transform.py``); specs, recipes, manifests, reports, the command line's help and
+`edgevit optimize`'s default search space take it with no other edit.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ import torch
 
 from ..models import ModelSpec, create_model, with_checkpoint_hash
 from . import evit, tome  # noqa: F401  (they register themselves)
-from .base import TRANSFORMS, Transform, TransformError, forms, register
+from .base import TRANSFORMS, Transform, TransformError, forms, forms_help, register, unregister
 
-__all__ = ["TRANSFORMS", "Transform", "TransformError", "register", "parse", "spec_text", "apply", "build_model",
-           "recorded", "forms"]
+__all__ = ["TRANSFORMS", "Transform", "TransformError", "register", "unregister", "parse", "spec_text", "apply",
+           "build_model", "recorded", "forms", "forms_help"]
 
 
 def parse(text: str | None) -> list[Transform]:
