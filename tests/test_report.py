@@ -285,3 +285,18 @@ def test_old_results_still_render(tmp_path):
     row = next(c for c in _md_table(md) if c["artifact"] == "onnx-int8")
     assert row["drop pts vs float [95% CI]"] == "+1.00" and row["only float / only artifact right"] == "—"
     assert headline(collect(run)["rows"]).startswith("Fastest: tensorrt-int8")
+
+
+def test_tensorrt_stand_ins_slower_on_cpu_say_so_not_warn():
+    """A TensorRT ONNX timed by ONNX Runtime here (no engine) is not TensorRT's speed: a note, not a warning."""
+    from edgevit.report.sections import int8_slower_warnings
+
+    ort = "onnxruntime 1.32.0 (the ONNX TensorRT compiles; engine not run here: TensorRT is not installed)"
+    rows = [{"name": "tensorrt-fp16", "p50_ms": 6.5, "runtime": ort},
+            {"name": "tensorrt-int8", "p50_ms": 22.7, "runtime": ort, "artifact": "r/artifacts/tensorrt-int8"}]
+    [note] = int8_slower_warnings(rows)
+    assert not note.startswith("WARNING") and "onnxruntime 1.32.0 on this machine's CPU" in note
+    assert "timed on their GPU" in note
+    engine = [{**r, "runtime": "tensorrt 10.3.0 (cuda-python)"} for r in rows]
+    [warn] = int8_slower_warnings(engine)
+    assert warn.startswith("WARNING: tensorrt-int8 is slower than its float twin") and "edgevit inspect" in warn

@@ -137,6 +137,11 @@ def int8_slower_warnings(rows: list[dict[str, Any]]) -> list[str]:
             continue
         text = (f"WARNING: {name} is slower than its float twin {twin_name} ({q['p50_ms']:.2f} vs "
                 f"{f['p50_ms']:.2f} ms p50)")
+        if stand_in := _stand_in(name, q):
+            out.append(f"{name} ran slower than {twin_name} here ({q['p50_ms']:.2f} vs {f['p50_ms']:.2f} ms p50), "
+                       f"but both ran on {stand_in}, not on their own runtime: that says nothing of their speed "
+                       f"({get_target(name).timed_elsewhere}).")
+            continue
         cpu = q.get("cpu") if isinstance(q.get("cpu"), dict) else None
         why = missing_int8_isa((cpu or cpu_facts()).get("isa")) if get_target(name).isa_sensitive else None
         if why:
@@ -146,6 +151,16 @@ def int8_slower_warnings(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"{text}, and the instruction sets are not the reason: see which layers stayed float with "
                        f"`edgevit inspect {q.get('artifact') or 'RUN/artifacts/' + name}`.")
     return out
+
+
+def _stand_in(name: str, row: dict[str, Any]) -> str | None:
+    """The runtime an artifact of a target timed elsewhere (TensorRT, CoreML) ran on here instead of its own
+    (ONNX Runtime on the CPU for a TensorRT ONNX without an engine); None when it ran on its own."""
+    t = get_target(name)
+    runtime = str(row.get("runtime") or "")
+    if not t.timed_elsewhere or not runtime or runtime.lower().startswith(t.backend.lower()):
+        return None
+    return runtime.split(" (")[0] + " on this machine's CPU"
 
 
 def warnings(rows: list[dict[str, Any]]) -> list[str]:
