@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from ..progress import table
 from .common import friendly, out
@@ -41,7 +42,7 @@ def targets(options: bool = typer.Option(False, "--options", help="list every ta
     for tg in api.targets():
         status = tg.status()
         t.add_row(tg.name, tg.backend, tg.precision,
-                  "[green]ready[/]" if status == "ready" else f"[yellow]{status}[/]", tg.description)
+                  "[green]ready[/]" if status == "ready" else f"[yellow]{escape(status)}[/]", escape(tg.description))
     out.print(t)
 
 

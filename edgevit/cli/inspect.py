@@ -25,7 +25,8 @@ def inspect(
 
     ONNX graphs (onnx*, tensorrt-*) are read as TensorRT compiles them (a strongly typed network keeps the
     graph's types); OpenVINO IR is compiled here and its runtime graph read (layer precisions and the CPU
-    kernels chosen, which show the instruction set); a TensorRT engine adds its inspector's per-layer view.
+    kernels chosen, which show the instruction set); a TensorRT engine adds its inspector's per-layer view;
+    an ExecuTorch program shows which ops XNNPACK took and which run on the portable kernels.
 
     Example: edgevit inspect runs/deit_tiny/artifacts/tensorrt-int8
     """
@@ -36,7 +37,8 @@ def inspect(
         write_json(json_out, res)
     for key, title in (("graph", "graph (as TensorRT / ONNX Runtime compile it)"),
                        ("runtime", f"runtime graph compiled here ({res.get('runtime', {}).get('device')})"),
-                       ("engine", "TensorRT engine (IEngineInspector)")):
+                       ("engine", "TensorRT engine (IEngineInspector)"),
+                       ("delegation", "ExecuTorch delegation (recorded at export)")):
         if part := res.get(key):
             _print_part(part, f"{res.get('target') or artifact}: {title}", ops)
     if json_out is not None:

@@ -81,6 +81,8 @@ class Target:
     timed_elsewhere: str | None = None  # None: timed on the machine that exports; else where, e.g. "CoreML
     # packages are timed on a Mac" (optimize, which times candidates here, refuses it with these words)
     requires: tuple[str, ...] = ()  # python modules that must import
+    extra: str = ""  # the pip extra those modules come from ("mobile"), where they are not installed by default:
+    # the errors and `edgevit targets` name it, and the quickstart (which exports every target) leaves it out
     fp16_peer: str | None = None  # the fp16 target an int8 graph must beat where fp32 compute costs (GPU runtimes)
     records: tuple[str, ...] = ()  # distributions whose versions its manifest records
     model_file: str = ""  # the main file inside the artifact directory
@@ -161,12 +163,16 @@ class Target:
 
     def status(self) -> str:
         """``edgevit targets``' status column: "ready", or what is missing here."""
-        return f"needs {', '.join(miss)}" if (miss := self.missing()) else "ready"
+        if not (miss := self.missing()):
+            return "ready"
+        return f"needs pip install -e '.[{self.extra}]'" if self.extra else f"needs {', '.join(miss)}"
 
     def check_available(self) -> None:
         if miss := self.missing():
-            raise TargetError(f"target {self.name!r} needs {', '.join(miss)}, which is not installed",
-                              f"pip install {' '.join(miss)}")
+            raise TargetError(f"target {self.name!r} needs {', '.join(miss)}"
+                              + (f" (the {self.extra!r} extra)" if self.extra else "") + ", which is not installed",
+                              f"pip install -e '.[{self.extra}]' (or pip install 'edgevit[{self.extra}]')"
+                              if self.extra else f"pip install {' '.join(miss)}")
 
     def files(self, art_dir: Path) -> list[Path]:
         return sorted(p for p in art_dir.iterdir() if p.is_file() and p.name != MANIFEST)
