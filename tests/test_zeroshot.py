@@ -271,7 +271,7 @@ def test_every_target_exports_a_baked_classifier(tmp_path, kind):
 
     cfg, ckpt = two_tower(tmp_path, kind)
     data = write_image_folder(tmp_path / "images", classes=3, per_class=4, size=32)
-    targets = [t.name for t in api.targets()]
+    targets = [t.name for t in api.targets() if not t.missing()]  # an optional extra's, where it is installed
     run = api.zeroshot(api.ZeroShotOptions(model=str(cfg), checkpoint=str(ckpt), classes=CLASSES, templates="photo"),
                        api.ExportOptions(targets=targets, out=tmp_path / "run", data=str(data), split="all",
                                          bench=False, options={"calib_size": 8}))
