@@ -11,7 +11,15 @@ from .common import fresh, friendly, live_help, out
 
 
 def register(app: typer.Typer) -> None:
-    app.command("optimize", cls=live_help(transforms=transforms_help))(friendly(optimize))
+    app.command("optimize", cls=live_help(transforms=transforms_help, target=target_help))(friendly(optimize))
+
+
+def target_help() -> str:
+    """``--target``' help: the runtimes (families) of the targets registered now, with their targets."""
+    from ..targets.registry import families
+
+    runtimes = "; ".join(f"{fam} ({', '.join(ts)})" for fam, ts in families().items())
+    return f"runtimes to search, comma-separated, each with its float and int8 targets: {runtimes}"
 
 
 def transforms_help() -> str:
@@ -29,7 +37,7 @@ def optimize(
     model: str = typer.Option(..., "--model", "-m", help="zoo short name or timm name"),
     checkpoint: Optional[Path] = typer.Option(None, help="the trained float weights (.pth/.safetensors); else timm's hub weights (needs internet)"),
     data: str = typer.Option(..., help="labelled images: fine-tunes and calibration use its training part, accuracy its --split"),
-    target: str = typer.Option("openvino", help="runtimes to search, comma-separated: openvino, onnx (each with its int8 target)"),
+    target: str = typer.Option("openvino", help="runtimes to search (shown with --help: target_help)"),
     max_drop: float = typer.Option(1.0, help="top-1 points the winner may lose against the dense float model"),
     strict: bool = typer.Option(False, help="hold the drop's 95 % upper bound to --max-drop (default: the point estimate)"),
     time_budget: Optional[float] = typer.Option(None, help="minutes for the whole search (resumed parts included); the best found so far wins when it runs out"),

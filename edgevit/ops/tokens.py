@@ -93,7 +93,7 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     m = F.normalize(metric, dim=-1)
     scores = m[:, a_idx] @ m[:, b_idx].transpose(1, 2)  # (B, Na, Nb)
     best, match = scores.max(dim=-1)  # (B, Na)
-    order = best.argsort(dim=-1, descending=True)
+    order = best.topk(best.shape[-1], dim=-1).indices  # a full sort as topk: ExecuTorch's runtime has no sort
     src, keep = order[:, :r], order[:, r:]  # merged away / unmerged A tokens
     dst = match.gather(1, src)  # (B, r): the B token each merged A token joins
     weighted = x * size

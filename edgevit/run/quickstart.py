@@ -35,9 +35,9 @@ EVAL_BATCH_COST = 1 / 3  # a forward-only batch of validation vs one training st
 
 def base_recipe() -> Recipe:
     """The offline default: a 6-block DeiT-Ti at 32 px (patch 4) trained briefly on the embedded digits,
-    exported to every target but those of an optional extra (``executorch*``: ``.[mobile]``). Measured on 2
-    idle cores: about 3.5 min of training to 85 % top-1 on the 359 held-out digits (:func:`quickstart_recipe`
-    sizes the epochs to the machine)."""
+    exported to every target but those of an optional extra (``executorch*``, ``litert*``: ``.[mobile]``).
+    Measured on 2 idle cores: about 3.5 min of training to 85 % top-1 on the 359 held-out digits
+    (:func:`quickstart_recipe` sizes the epochs to the machine)."""
     return Recipe(
         model=ModelSection(name="deit_tiny", pretrained=False, num_classes=10, img_size=32, patch_size=4,
                            extra={"depth": 6}),

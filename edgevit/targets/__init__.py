@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BACKENDS = ("onnx", "openvino", "tensorrt", "coreml", "executorch")  # the order `edgevit targets` lists them in
+# the order `edgevit targets` lists them in
+BACKENDS = ("onnx", "openvino", "tensorrt", "coreml", "executorch", "litert")
 
 __all__ = ["TARGETS", "PLANNED", "Target", "Runner", "ExportContext", "NoOptions", "OptionField", "MANIFEST",
            "register", "unregister", "get_target", "list_targets", "read_manifest", "option_fields", "given_options",

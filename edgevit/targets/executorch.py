@@ -18,7 +18,6 @@ Needs the ``mobile`` extra (``pip install -e '.[mobile]'``); importing edgevit n
 """
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, ExportError
-from ..quant.config import CalibOptions, QuantizationError
-from .base import ExportContext, Runner, Target, register
-from .int8 import CALIB_HELP, INT8_SECTION, int8_row
-from .tensorrt import DEVICE_SECTION
+from ..errors import ArtifactError, ExportError, OptionError
+from .base import ExportContext, Runner, option, register
+from .int8 import CALIB_HELP
+from .pt2e import Pt2eInt8Options, Pt2eTarget, calibrate, export_program, op_in
 
 PTE = "model.pte"
-MIN_CALIB = 8  # fewer images give int8 ranges from noise
+GEMM_OPS = ("linear", "conv2d")  # what --xnnpack-quantize gemm makes int8
+QUANTIZE_CHOICES = ("gemm", "all")
 NOT_OPS = ("getitem",)  # tuple unpacking, counted by get_delegation_info as a node: no computation
 
 
@@ -43,50 +42,24 @@ def _version() -> str:
     return str(__version__)
 
 
-def eager_attention_copy(model) -> tuple[Any, int]:
-    """A copy of ``model`` with timm's fused attention off (the caller's model is left as it is), and how
-    many attention modules were switched."""
-    model = copy.deepcopy(model).eval()
-    switched = 0
-    for m in model.modules():
-        if getattr(m, "fused_attn", None) is True:
-            m.fused_attn = False
-            switched += 1
-    return model, switched
-
-
-def export_program(model, example, what: str = "the model"):
-    """``torch.export`` at batch 1 (static); a failure is an ExportError naming the step."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            return torch.export.export(model, (example,))
-    except Exception as e:  # noqa: BLE001 - torch.export raises many kinds; name the step
-        raise ExportError(f"torch.export failed on {what} ({type(e).__name__}: {str(e)[:300]})",
-                          "report this with the run's run.json; the ONNX targets are unaffected") from e
-
-
-def quantize(model, example, images: np.ndarray):
-    """PT2E static int8 for XNNPACK: symmetric, per-channel weights, calibrated one image at a time
-    (the exported batch is 1: another batch size fails torch.export's guards)."""
+def quantize(model, example, images: np.ndarray, ops: str = "gemm"):
+    """PT2E static int8 for XNNPACK: symmetric, per-channel weights, per-tensor activations, on the
+    linear layers and convolutions (``ops="gemm"``) or on every pattern XNNPACKQuantizer knows (``"all"``:
+    the residual adds, products and concatenations too)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if len(images) < MIN_CALIB:
-        raise QuantizationError(f"executorch-int8 calibrates on at least {MIN_CALIB} images, and the calibration "
-                                f"set has {len(images)}", f"pass --calib-size {MIN_CALIB} or more (e.g. 300) and "
-                                "a --calib/--data source with that many images")
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(export_program(model, example).module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(images)):
-            prepared(torch.from_numpy(np.ascontiguousarray(images[i:i + 1], dtype=np.float32)))
-    return convert_pt2e(prepared)
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer()
+    if ops == "all":
+        quantizer.set_global(config)
+    else:
+        for op in GEMM_OPS:
+            quantizer.set_operator_type(getattr(torch.ops.aten, op).default, config)
+    return calibrate(model, example, images, quantizer, "executorch-int8")
 
 
 def lower(program):
@@ -99,19 +72,29 @@ def lower(program):
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         info = get_delegation_info(edge.exported_program().graph_module)
-        return edge.to_executorch(), delegation_facts(info)
+        lowered = edge.to_executorch()
     except Exception as e:  # noqa: BLE001 - EXIR raises many kinds (operator and dtype checks, passes)
-        raise ExportError(f"ExecuTorch could not lower the model{_op_in(e)} ({type(e).__name__}: "
-                          f"{str(e).strip()[:300]})", "export another target (onnx, openvino), or report this "
-                          "with the run's run.json") from e
+        raise ExportError(f"ExecuTorch could not lower the model{op_in(e)} ({type(e).__name__}: "
+                          f"{str(e).strip()[:300]})", "export another target (onnx, openvino, litert), or report "
+                          "this with the run's run.json") from e
+    if missing := missing_kernels(lowered):
+        raise ExportError(f"ExecuTorch's runtime has no kernel for {', '.join(missing)}, which XNNPACK did not take: "
+                          "the program would not load", "export another target (onnx, openvino, litert), or "
+                          "replace that op in the model")
+    return lowered, delegation_facts(info)
 
 
-def _op_in(e: Exception) -> str:
-    """' at op aten.xxx' where the error message names an ATen/edge op."""
-    import re
+def missing_kernels(lowered) -> list[str]:
+    """The operators of the program (those outside the XNNPACK blobs) that ExecuTorch's runtime has no
+    kernel for: loading its method would fail (``Missing operator``) on this runtime build."""
+    from executorch.extension.pybindings import portable_lib
 
-    m = re.search(r"\b(aten[._:][\w.]+)", str(e))
-    return f" at op {m.group(1)}" if m else ""
+    if not hasattr(portable_lib, "_get_operator_names"):  # another runtime build: loading tells
+        return []
+    known = set(portable_lib._get_operator_names())
+    names = [f"{o.name}.{o.overload}" if o.overload else o.name
+             for plan in lowered.executorch_program.execution_plan for o in plan.operators]
+    return sorted({n for n in names if n not in known})
 
 
 def delegation_facts(info) -> dict[str, Any]:
@@ -131,55 +114,44 @@ def delegation_line(d: dict[str, Any]) -> str:
 
 
 @dataclass
-class ExecuTorchInt8Options(CalibOptions):
-    """The calibration options (their help: CALIB_HELP); ``check`` enforces the minimum set size."""
+class ExecuTorchInt8Options(Pt2eInt8Options):
+    xnnpack_quantize: str = option("gemm", "which ops XNNPACKQuantizer makes int8: gemm (the linear layers and the "
+                                   "patch convolution; residual adds, products and concatenations stay float) or "
+                                   "all (its every pattern: on DeiT-Ti @224 several times the logit error, no faster; "
+                                   "see benchmarks/mobile_cpu.py)")
 
     def check(self) -> None:
         super().check()
-        if self.calib_size < MIN_CALIB:
-            raise QuantizationError(f"executorch-int8 calibrates on at least {MIN_CALIB} images, got --calib-size "
-                                    f"{self.calib_size}", "use e.g. --calib-size 300")
+        if self.xnnpack_quantize not in QUANTIZE_CHOICES:
+            raise OptionError(f"--xnnpack-quantize {self.xnnpack_quantize!r} is not one of "
+                              f"{', '.join(QUANTIZE_CHOICES)}", "use --xnnpack-quantize gemm (the default) or all")
 
 
-class ExecuTorchTarget(Target):
+class ExecuTorchTarget(Pt2eTarget):
     backend = "executorch"
     label, colour = "ExecuTorch", "#8c564b"
     isa_sensitive = True  # XNNPACK's int8 GEMMs follow the CPU's instruction sets (VNNI; ARM dot product)
     requires = ("executorch",)
-    extra = "mobile"  # not installed by default: the errors name it; the quickstart leaves these targets out
     records = ("executorch", "torchao")
     model_file = PTE
+    runs_on = "ExecuTorch Python runtime"
+    describe = staticmethod(delegation_line)
 
     def export(self, onnx_fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
-        import torch
-
-        if ctx.torch_model is None or ctx.input_size is None:
-            raise ExportError(f"target {self.name!r} exports the PyTorch model, and none was passed",
-                              "export through edgevit.api.export (or pass ExportContext.torch_model)")
-        self.check_available()
-        model, switched = eager_attention_copy(ctx.torch_model)
-        example = torch.zeros(1, *ctx.input_size)
-        facts: dict[str, Any] = {"executorch": _version(), "converter": "torch.export + to_edge_transform_and_lower "
-                                 "(XnnpackPartitioner)", "batch": "1 (static)",
-                                 "attention": f"timm fused_attn=False on {switched} attention modules"}
+        model, example, facts = self.start(ctx)
+        facts = {"executorch": _version(), "converter": "torch.export + to_edge_transform_and_lower "
+                 "(XnnpackPartitioner)", **facts}
         if self.int8:
-            if ctx.calib is None:
-                raise QuantizationError("executorch-int8 needs calibration images, and none were drawn",
-                                        "pass --calib DIR or --data")
-            ctx.progress(f"{self.name}: calibrating on {len(ctx.calib.images)} images")
-            model = quantize(model, example, ctx.calib.images)
-            facts.update(form="pt2e-xnnpack", weights="int8 symmetric per-channel",
-                         activations="int8 symmetric per-tensor (static)", calibrator="minmax",
-                         calibration={"key": ctx.calib.key, "cached": ctx.calib.cached, **ctx.calib.meta})
+            images, ops = self.calibration(ctx, facts, "pt2e-xnnpack"), ctx.options.xnnpack_quantize
+            model = quantize(model, example, images, ops)
+            facts["quantized_ops"] = ("every XNNPACKQuantizer pattern" if ops == "all" else
+                                      f"{', '.join(GEMM_OPS)} (residual adds, products, concatenations float)")
         program, facts["delegation"] = lower(export_program(model, example, "the quantized model" if self.int8
                                                             else "the model"))
         with open(out_dir / PTE, "wb") as f:
             program.write_to_file(f)
         facts["pte_bytes"] = (out_dir / PTE).stat().st_size
         return facts
-
-    def needs_calibration(self, options: Any) -> bool:
-        return self.int8
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
         import torch
@@ -220,14 +192,6 @@ class ExecuTorchTarget(Target):
         ops = [{"op": k, "kind": f"delegated {d['delegated'].get(k, 0)}, not delegated {d['non_delegated'].get(k, 0)}"}
                for k in sorted({*d["delegated"], *d["non_delegated"]})]
         return {"target": self.name, "delegation": {"summary": summary, "warnings": warnings, "ops": ops}}
-
-    def report_rows(self, manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
-        rows = {INT8_SECTION: int8_row(manifest)} if self.int8 else {}
-        e = manifest.get("export", {})
-        rows[DEVICE_SECTION] = {"target": manifest["target"], "size MB": f"{manifest.get('size_bytes', 0) / 2**20:.1f}",
-                                "status": "run and checked here (ExecuTorch Python runtime)",
-                                "detail": f"batch 1; {delegation_line(e.get('delegation', {}))}"}
-        return rows
 
 
 class ExecuTorchInt8Target(ExecuTorchTarget):
