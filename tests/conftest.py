@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models (2 blocks, 32 px, patch 8) and small data sets the tests write."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -45,6 +46,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     torch.save({"model": model.state_dict(), "epoch": 3}, path)
     return path
+
+
+def export_pruned(out: Path, checkpoint: Path, targets) -> Path:
+    """``targets`` of an EViT-pruned tiny DeiT, calibrated on 16 digits images, validated on 40 (no bench:
+    the tests elsewhere time artifacts)."""
+    from edgevit.run.export import ExportOptions, run_export
+
+    run_export(tiny_spec(checkpoint=str(checkpoint), prune="evit:0.5@1"),
+               ExportOptions(targets=list(targets), out=out, data="digits", split="val", validate_limit=40,
+                             bench=False, options=dict(calib_size=16)))
+    return out
+
+
+def artifact_manifest(run: Path, target: str) -> dict:
+    return json.loads((run / "artifacts" / target / "manifest.json").read_text())
 
 
 def write_cifar(root: Path, n_train: int = 40, n_test: int = 20, bytes_keys: bool = True) -> Path:

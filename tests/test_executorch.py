@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("executorch", reason="ExecuTorch is not installed (pip install -e '.[mobile]' has it)")
 
-from conftest import tiny_spec  # noqa: E402
+from conftest import artifact_manifest, export_pruned, tiny_spec  # noqa: E402
 
 from edgevit.errors import ArtifactError, ExportError  # noqa: E402
 from edgevit.run.artifacts import load_artifact  # noqa: E402
@@ -21,21 +21,11 @@ TARGETS = ("executorch", "executorch-int8")
 
 @pytest.fixture(scope="module")
 def et_run(tmp_path_factory, tiny_checkpoint):
-    """Both targets of an EViT-pruned tiny DeiT, calibrated on 16 digits images (no bench: the tests
-    elsewhere time artifacts)."""
-    out = tmp_path_factory.mktemp("executorch") / "r"
-    run_export(tiny_spec(checkpoint=str(tiny_checkpoint), prune="evit:0.5@1"),
-               ExportOptions(targets=list(TARGETS), out=out, data="digits", split="val", validate_limit=40,
-                             bench=False, options=dict(calib_size=16)))
-    return out
-
-
-def _manifest(run, target):
-    return json.loads((run / "artifacts" / target / "manifest.json").read_text())
+    return export_pruned(tmp_path_factory.mktemp("executorch") / "r", tiny_checkpoint, TARGETS)
 
 
 def test_pruned_model_exports_runs_and_matches_pytorch(et_run):
-    fp32, int8 = (_manifest(et_run, t) for t in TARGETS)
+    fp32, int8 = (artifact_manifest(et_run, t) for t in TARGETS)
     for mf in (fp32, int8):
         assert mf["files"] == ["model.pte"] and mf["size_bytes"] == mf["export"]["pte_bytes"] > 0
         assert mf["export"]["batch"] == "1 (static)" and mf["export"]["executorch"].startswith("1.5")
@@ -56,7 +46,7 @@ def test_delegation_report_in_manifest_and_inspect(et_run):
     from edgevit import api
 
     for t in TARGETS:
-        d = _manifest(et_run, t)["export"]["delegation"]
+        d = artifact_manifest(et_run, t)["export"]["delegation"]
         assert d["backend"] == "XNNPACK" and d["subgraphs"] >= 1 and d["delegated_ops"] > d["non_delegated_ops"]
         assert d["non_delegated"]["aten_native_layer_norm_default"] == 5  # ExecuTorch 1.5 never delegates it
         assert "aten_linear_default" in d["delegated"] and "getitem" not in d["non_delegated"]

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("litert_torch", reason="LiteRT is not installed (pip install -e '.[mobile]' has it)")
 
-from conftest import tiny_spec  # noqa: E402
+from conftest import artifact_manifest, export_pruned, tiny_spec  # noqa: E402
 
 from edgevit.errors import ArtifactError, ExportError  # noqa: E402
 from edgevit.run.artifacts import load_artifact  # noqa: E402
@@ -23,20 +23,11 @@ EVIT_OPS = {"TOPK_V2", "GATHER_ND"}  # EViT's token selection: LiteRT's built-in
 
 @pytest.fixture(scope="module")
 def lr_run(tmp_path_factory, tiny_checkpoint):
-    """Both targets of an EViT-pruned tiny DeiT, calibrated on 16 digits images."""
-    out = tmp_path_factory.mktemp("litert") / "r"
-    run_export(tiny_spec(checkpoint=str(tiny_checkpoint), prune="evit:0.5@1"),
-               ExportOptions(targets=list(TARGETS), out=out, data="digits", split="val", validate_limit=40,
-                             bench=False, options=dict(calib_size=16)))
-    return out
-
-
-def _manifest(run, target):
-    return json.loads((run / "artifacts" / target / "manifest.json").read_text())
+    return export_pruned(tmp_path_factory.mktemp("litert") / "r", tiny_checkpoint, TARGETS)
 
 
 def test_pruned_model_exports_runs_and_matches_pytorch(lr_run):
-    fp32, int8 = (_manifest(lr_run, t) for t in TARGETS)
+    fp32, int8 = (artifact_manifest(lr_run, t) for t in TARGETS)
     for mf in (fp32, int8):
         assert mf["files"] == ["model.tflite"] and mf["size_bytes"] == mf["export"]["tflite_bytes"] > 0
         assert mf["export"]["batch"] == "1 (static)" and "litert-torch 0.10" in mf["export"]["litert"]
@@ -56,7 +47,7 @@ def test_op_list_in_manifest_and_inspect(lr_run):
     from edgevit import api
 
     for t in TARGETS:
-        d = _manifest(lr_run, t)["export"]["delegation"]
+        d = artifact_manifest(lr_run, t)["export"]["delegation"]
         ops = d["op_list"]
         assert d["subgraphs"] >= 1 and d["ops"] == sum(v["count"] for v in ops.values())
         assert d["delegated_ops"] + d["non_delegated_ops"] == d["ops"] and d["delegated_ops"] > d["non_delegated_ops"]
@@ -66,7 +57,7 @@ def test_op_list_in_manifest_and_inspect(lr_run):
         res = api.inspect(lr_run / "artifacts" / t)
         assert res["delegation"]["summary"]["delegated ops"] == d["delegated_ops"]  # read again from the file
         assert any("TOPK_V2" in w for w in res["delegation"]["warnings"])
-    assert _manifest(lr_run, "litert-int8")["export"]["delegation"]["op_list"]["QUANTIZE"]["count"] > 0
+    assert artifact_manifest(lr_run, "litert-int8")["export"]["delegation"]["op_list"]["QUANTIZE"]["count"] > 0
     report = (lr_run / "report.md").read_text()
     assert "litert-int8" in report and "XNNPACK partitions" in report
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ArtifactError, ExportError, OptionError
 from .base import ExportContext, Runner, option, register
 from .int8 import CALIB_HELP
-from .pt2e import Pt2eInt8Options, Pt2eTarget, calibrate, export_program, op_in
+from .pt2e import Pt2eInt8Options, Pt2eTarget, calibrate, export_program, one_at_a_time, op_in
 
 PTE = "model.pte"
 GEMM_OPS = ("linear", "conv2d")  # what --xnnpack-quantize gemm makes int8
@@ -156,10 +156,7 @@ class ExecuTorchTarget(Pt2eTarget):
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
         import torch
 
-        self.check_available()
-        path = art_dir / PTE
-        if not path.is_file():
-            raise ArtifactError(f"artifact {art_dir} has no {PTE}", "re-run the export that made it")
+        path = self.model_path(art_dir)
         from executorch.runtime import Runtime
 
         if threads:
@@ -168,11 +165,10 @@ class ExecuTorchTarget(Pt2eTarget):
             portable_lib._unsafe_reset_threadpool(int(threads))  # XNNPACK's threadpool is process-wide
         method = Runtime.get().load_program(path).load_method("forward")
 
-        def predict(x: np.ndarray) -> np.ndarray:  # the program takes one image per call
-            return np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy().astype(np.float32)
-                                   for i in range(len(x))])
+        def one(x: np.ndarray) -> np.ndarray:  # the program takes one image per call
+            return method.execute([torch.from_numpy(x)])[0].numpy().astype(np.float32)
 
-        return Runner(predict, {"runtime": f"executorch {_version()} (XNNPACK delegate, batch 1)",
+        return Runner(one_at_a_time(one), {"runtime": f"executorch {_version()} (XNNPACK delegate, batch 1)",
                                 "precision": "int8/fp32" if self.int8 else "fp32"})
 
     def inspect(self, art_dir: Path) -> dict[str, Any]:

@@ -26,10 +26,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ArtifactError, ExportError
+from ..errors import ExportError
 from .base import ExportContext, Runner, register
 from .int8 import CALIB_HELP
-from .pt2e import Pt2eInt8Options, Pt2eTarget, calibrate, op_in
+from .pt2e import Pt2eInt8Options, Pt2eTarget, calibrate, one_at_a_time, op_in
 
 TFLITE = "model.tflite"
 DELEGATE = "DELEGATE"  # a node of the interpreter's plan that runs one XNNPACK partition
@@ -167,15 +167,11 @@ class LiteRTTarget(Pt2eTarget):
         return facts
 
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
-        self.check_available()
-        path = art_dir / TFLITE
-        if not path.is_file():
-            raise ArtifactError(f"artifact {art_dir} has no {TFLITE}", "re-run the export that made it")
-        it = interpreter(path, threads)
+        it = interpreter(self.model_path(art_dir), threads)
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
         (si, zi), (so, zo) = inp["quantization"], out["quantization"]
 
-        def one(x: np.ndarray) -> np.ndarray:
+        def one(x: np.ndarray) -> np.ndarray:  # the model takes one image per call
             if inp["dtype"] == np.int8:  # an int8 input: quantized with the file's scale and zero point
                 x = np.clip(np.round(x / si) + zi, -128, 127).astype(np.int8)
             it.set_tensor(inp["index"], x)
@@ -183,17 +179,13 @@ class LiteRTTarget(Pt2eTarget):
             y = it.get_tensor(out["index"])
             return (y.astype(np.float32) - zo) * so if out["dtype"] == np.int8 else y.astype(np.float32)
 
-        def predict(x: np.ndarray) -> np.ndarray:  # the model takes one image per call
-            return np.concatenate([one(x[i:i + 1]) for i in range(len(x))])
-
         io = "int8 input and output, (de)quantized by the runner" if inp["dtype"] == np.int8 else "fp32 I/O"
-        return Runner(predict, {"runtime": f"LiteRT interpreter, {_version()} (XNNPACK delegate, batch 1)",
+        return Runner(one_at_a_time(one), {"runtime": f"LiteRT interpreter, {_version()} (XNNPACK delegate, batch 1)",
                                 "precision": "int8/fp32" if self.int8 else "fp32", "io": io})
 
     def inspect(self, art_dir: Path) -> dict[str, Any]:
         """LiteRT's op list of the file (read again from it) and what XNNPACK takes of it."""
-        self.check_available()
-        d = op_report(interpreter(art_dir / TFLITE, threads=1))
+        d = op_report(interpreter(self.model_path(art_dir), threads=1))
         summary = {"backend": d["backend"], "XNNPACK partitions": d["subgraphs"], "ops": d["ops"],
                    "delegated ops": d["delegated_ops"], "non-delegated ops": d["non_delegated_ops"],
                    "not delegated": d["non_delegated"]}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ArtifactError, ExportError
 from ..quant.config import CalibOptions, QuantizationError
 from .base import ExportContext, Target
 from .int8 import INT8_SECTION, int8_row
@@ -124,6 +125,14 @@ class Pt2eTarget(Target):
     def needs_calibration(self, options: Any) -> bool:
         return self.int8
 
+    def model_path(self, art_dir: Path) -> Path:
+        """The artifact's model file, before loading it (the runtime installed, the file there)."""
+        self.check_available()
+        path = art_dir / self.model_file
+        if not path.is_file():
+            raise ArtifactError(f"artifact {art_dir} has no {self.model_file}", "re-run the export that made it")
+        return path
+
     def report_rows(self, manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
         rows = {INT8_SECTION: int8_row(manifest)} if self.int8 else {}
         e = manifest.get("export", {})
@@ -131,3 +140,11 @@ class Pt2eTarget(Target):
                                 "status": f"run and checked here ({self.runs_on})",
                                 "detail": f"batch 1; {self.describe(e.get('delegation', {}))}"}
         return rows
+
+
+def one_at_a_time(one: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch predictor from ``one`` (a batch-1 model's call): the images one by one, the logits stacked."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([one(x[i:i + 1]) for i in range(len(x))])
+
+    return predict
