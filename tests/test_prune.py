@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgevit.models import ModelSpec, create_model
 from edgevit.ops import tokens as T
@@ -43,6 +45,17 @@ def test_evit_fused_token_is_exact_when_the_kept_tokens_hold_most_attention():
     w = attn[0].double()[order]
     want = (w[:, None] * x[0, 1:].double()[order]).sum(0) / w.sum()
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), n=st.integers(1, 9), c=st.integers(1, 5), k=st.integers(1, 9), seed=st.integers(0, 99))
+def test_take_tokens_is_gather_along_the_token_axis(b, n, c, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(b, n, c, generator=g)
+    idx = torch.randint(0, n, (b, k), generator=g)
+    assert torch.equal(T.take_tokens(t, idx), t.gather(1, idx.unsqueeze(-1).expand(-1, -1, c)))
+    assert torch.equal(T.take_tokens(t[:, ::2], idx % t[:, ::2].shape[1]),  # a strided view, as ToMe's sets are
+                       t[:, ::2].gather(1, (idx % t[:, ::2].shape[1]).unsqueeze(-1).expand(-1, -1, c)))
 
 
 def test_tome_merges_r_tokens_and_conserves_size_and_mass():
@@ -109,6 +122,9 @@ def test_a_model_that_is_not_a_vit():
         apply_prune(model, "evit:0.7")
 
 
+GATHER_ELEMENTS = {"evit:0.7@1": 1, "tome:6": 3}  # EViT: the pruned tokens' weights; ToMe: each merge's targets
+
+
 @pytest.mark.parametrize("prune", ["evit:0.7@1", "tome:6"])
 def test_pruned_export_is_static_and_matches_pytorch(tmp_path, prune):
     import onnx
@@ -122,6 +138,8 @@ def test_pruned_export_is_static_and_matches_pytorch(tmp_path, prune):
     g = onnx.load(str(out / "artifacts" / "onnx" / "model.onnx")).graph
     dims = [d for vi in list(g.input) + list(g.output) for d in vi.type.tensor_type.shape.dim]
     assert [d.dim_param for d in dims if d.dim_param] == ["batch", "batch"]
+    ops = [n.op_type for n in g.node]  # tokens move by row Gather; GatherElements only on (B, N) index tensors
+    assert "Gather" in ops and ops.count("GatherElements") == GATHER_ELEMENTS[prune]
     val = json.loads((out / "results" / "validate.json").read_text())
     assert all(r["agreement_pct"] == 100.0 for r in val.values())  # vs the pruned PyTorch model
     assert np.isfinite([r["top1"] for r in val.values()]).all()

@@ -44,15 +44,23 @@ def evit_rank(cls_attn: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Te
     return order[:, :keep], rest, cls_attn.gather(1, rest).unsqueeze(-1)
 
 
+def take_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, N, C) at token indices ``idx`` (B, K): (B, K, C), as one row gather of the flattened
+    tokens (ONNX Gather) rather than ``gather`` with an index expanded over C (GatherElements), which
+    OpenVINO runs as a reference kernel after broadcasting the index. The row offsets are a stepped
+    ``arange``: PT2E's prepare turns a scalar factor into a float constant, and the index with it."""
+    b, n, c = t.shape
+    rows = idx + torch.arange(0, b * n, n, device=idx.device, dtype=idx.dtype).unsqueeze(1)
+    return t.reshape(b * n, c)[rows]
+
+
 def evit_select(t: torch.Tensor, prefix: int, kept: torch.Tensor, rest: torch.Tensor,
                 w_rest: torch.Tensor | None = None) -> torch.Tensor:
     """A per-token tensor ``t`` (B, N, C) after EViT's ranking: (B, prefix + keep + 1, C) = [prefix,
     kept, fused]. The fused token is the ``w_rest``-weighted mean of the pruned ones, or their sum
     without weights (token sizes)."""
     patches = t[:, prefix:]
-    c = t.shape[-1]
-    picked = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, c))
-    pruned = patches.gather(1, rest.unsqueeze(-1).expand(-1, -1, c))
+    picked, pruned = take_tokens(patches, kept), take_tokens(patches, rest)
     if w_rest is None:
         fused = pruned.sum(1, keepdim=True)
     else:  # the pruned weights summed directly: no cancellation
@@ -99,12 +107,10 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     weighted = x * size
     a, b = weighted[:, a_idx], weighted[:, b_idx]
     sa, sb = size[:, a_idx], size[:, b_idx]
-    c = x.shape[-1]
     one_hot = (dst.unsqueeze(-1) == torch.arange(b.shape[1], device=x.device)).to(x.dtype)  # (B, r, Nb)
-    b = b + one_hot.transpose(1, 2) @ a.gather(1, src.unsqueeze(-1).expand(-1, -1, c))
-    sb = sb + one_hot.transpose(1, 2) @ sa.gather(1, src.unsqueeze(-1))
-    a = a.gather(1, keep.unsqueeze(-1).expand(-1, -1, c))
-    sa = sa.gather(1, keep.unsqueeze(-1))
+    b = b + one_hot.transpose(1, 2) @ take_tokens(a, src)
+    sb = sb + one_hot.transpose(1, 2) @ take_tokens(sa, src)
+    a, sa = take_tokens(a, keep), take_tokens(sa, keep)
     merged_size = torch.cat([size[:, :prefix], sa, sb], dim=1)
     merged = torch.cat([weighted[:, :prefix], a, b], dim=1) / merged_size
     return merged, merged_size
