@@ -16,9 +16,13 @@ the per-round ratios with its paired bootstrap 95 % interval (edgevit.eval.timin
 the pair's own rounds, because a ratio of two artifacts moves with what else shares its rounds (measured
 in one run: NNCF's default int8 / dense OpenVINO fp32 was 0.427x [0.423, 0.434] among five and 0.521x
 [0.518, 0.525] alone; the winner / NNCF's default 0.476x [0.472, 0.483] and 0.494x [0.489, 0.497]).
-Both are recorded (`ratios`: the bars; `ratios_all_together`).
+Both are recorded (`ratios`: the bars; `ratios_all_together`). Each pair alone is timed in --repeats
+repeats (5), the pairs taking turns, and the bar takes the median repeat: one repeat's interval covers
+its own rounds only (measured: the OpenVINO winner / NNCF's default was 0.511x [0.507, 0.515] here
+after the search, and 0.487x [0.484, 0.491] in a fresh `edgevit bench --compare` of the same two
+artifacts minutes later), and every repeat is kept (`ratios[...].repeats`).
 
-    python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 200]
+    python benchmarks/optimize_cpu.py [--time-budget 45] [--finetune-epochs 2] [--rounds 200] [--repeats 5]
 """
 from __future__ import annotations
 

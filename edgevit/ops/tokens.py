@@ -47,11 +47,12 @@ def evit_rank(cls_attn: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Te
 def take_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t`` (B, N, C) at token indices ``idx`` (B, K): (B, K, C), as one row gather of the flattened
     tokens (ONNX Gather) rather than ``gather`` with an index expanded over C (GatherElements), which
-    OpenVINO runs as a reference kernel after broadcasting the index. The row offsets are a stepped
-    ``arange``: PT2E's prepare turns a scalar factor into a float constant, and the index with it."""
-    b, n, c = t.shape
-    rows = idx + torch.arange(0, b * n, n, device=idx.device, dtype=idx.dtype).unsqueeze(1)
-    return t.reshape(b * n, c)[rows]
+    OpenVINO runs as a reference kernel after broadcasting the index. Indexed by (batch, token) pairs:
+    the exporters flatten them into one row index after tracing, so no arithmetic of ours is there for
+    runtimes' quantizers to mistake for the model's (``b * n`` on shapes is Python in eager mode but an
+    op when traced for ONNX, which shifts NNCF's numbering of QAT ops; LiteRT's quantizer observes any
+    mul, PT2E's prepare makes a Python factor a float constant)."""
+    return t[torch.arange(t.shape[0], device=idx.device, dtype=idx.dtype).unsqueeze(1), idx]
 
 
 def evit_select(t: torch.Tensor, prefix: int, kept: torch.Tensor, rest: torch.Tensor,
