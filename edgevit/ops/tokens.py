@@ -47,12 +47,15 @@ def evit_rank(cls_attn: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Te
 def take_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t`` (B, N, C) at token indices ``idx`` (B, K): (B, K, C), as one row gather of the flattened
     tokens (ONNX Gather) rather than ``gather`` with an index expanded over C (GatherElements), which
-    OpenVINO runs as a reference kernel after broadcasting the index. Indexed by (batch, token) pairs:
-    the exporters flatten them into one row index after tracing, so no arithmetic of ours is there for
-    runtimes' quantizers to mistake for the model's (``b * n`` on shapes is Python in eager mode but an
-    op when traced for ONNX, which shifts NNCF's numbering of QAT ops; LiteRT's quantizer observes any
-    mul, PT2E's prepare makes a Python factor a float constant)."""
-    return t[torch.arange(t.shape[0], device=idx.device, dtype=idx.dtype).unsqueeze(1), idx]
+    OpenVINO runs as a reference kernel after broadcasting the index. The row offsets (0, n, 2n, ...) come
+    from one ``arange`` up to the flattened size, read off the flattened tensor, with no arithmetic of
+    ours: ``b * n`` on shapes is Python in eager mode but an op when traced for ONNX (which shifts NNCF's
+    numbering of QAT ops), PT2E's prepare makes a Python factor a float constant, and LiteRT's quantizer
+    observes any mul. (Indexing by (batch, token) pairs leaves ONNX a runtime-computed shape, which
+    keeps ONNX Runtime from fusing the attention after it.)"""
+    flat = t.reshape(-1, t.shape[-1])
+    offsets = torch.arange(0, flat.shape[0], t.shape[1], device=idx.device, dtype=idx.dtype)  # (B,)
+    return flat[idx + offsets.unsqueeze(1)]
 
 
 def evit_select(t: torch.Tensor, prefix: int, kept: torch.Tensor, rest: torch.Tensor,
