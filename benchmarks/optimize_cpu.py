@@ -57,14 +57,15 @@ def head_to_head(paths: dict[str, Path], rounds: int, precision_pct: float | Non
             for (k, p), r in zip(paths.items(), rows)}, rt
 
 
-def pair_ratios(paths: dict[str, Path], rounds: int, repeats: int) -> dict[str, dict]:
-    """Each bar's pair timed alone, in rounds of its own (on until its interval is within ±5 %), ``repeats``
-    times, the pairs taking turns. One repeat's interval covers its own rounds only; from one repeat to
-    the next the machine's state moves a ratio further than that, so each bar takes the median repeat and
-    records them all (with 5 repeats, their range holds the median of that spread with 94 % confidence)."""
-    runs: dict[str, list[dict]] = {f"{a} / {b}": [] for a, b in BAR_PAIRS if a in paths and b in paths}
+def pair_ratios(paths: dict[str, Path], rounds: int, repeats: int, pairs=BAR_PAIRS) -> dict[str, dict]:
+    """Each pair (a / b, by default each bar's) timed alone, in rounds of its own (on until its interval is
+    within ±5 %), ``repeats`` times, the pairs taking turns. One repeat's interval covers its own rounds
+    only; from one repeat to the next the machine's state moves a ratio further than that, so each pair
+    takes the median repeat and records them all (with 5 repeats, their range holds the median of that
+    spread with 94 % confidence)."""
+    runs: dict[str, list[dict]] = {f"{a} / {b}": [] for a, b in pairs if a in paths and b in paths}
     for _ in range(repeats):
-        for a, b in BAR_PAIRS:
+        for a, b in pairs:
             if f"{a} / {b}" in runs:
                 _, rt = head_to_head({b: paths[b], a: paths[a]}, rounds, precision_pct=5.0)
                 runs[f"{a} / {b}"].append({**rt.ratio(1, 0).to_dict(), "rounds_run": rt.context.get("rounds_run")})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, check, write_results  # noqa: E402
 from int8_cpu import calib_for, export, nncf_default  # noqa: E402
-from optimize_cpu import median_repeat  # noqa: E402
+from optimize_cpu import pair_ratios  # noqa: E402
 
 RUN = ROOT / "benchmarks" / "runs" / "token_gather"
 CIFAR = SHARED_DATA / "cifar-10-batches-py"
@@ -39,11 +40,23 @@ def expanded_gather(t, idx):
     return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
 
+@contextlib.contextmanager
+def gathering(expanded: bool):
+    """Pruned tokens taken by the expanded gather (``expanded``) or by edgevit's row gather, inside."""
+    from edgevit.ops import tokens as T
+
+    take = T.take_tokens
+    T.take_tokens = expanded_gather if expanded else take
+    try:
+        yield
+    finally:
+        T.take_tokens = take
+
+
 def artifacts() -> dict[str, Path]:
     import torch
 
     from edgevit.models import ModelSpec
-    from edgevit.ops import tokens as T
 
     spec = ModelSpec("deit_tiny", num_classes=10, pretrained=False)
     shutil.rmtree(RUN, ignore_errors=True)
@@ -51,14 +64,9 @@ def artifacts() -> dict[str, Path]:
     out = {}
     for name, prune, targets in (("dense", None, ["onnx", "openvino-int8"]), ("row", PRUNE, ["openvino-int8"]),
                                  ("expanded", PRUNE, ["openvino-int8"])):
-        take = T.take_tokens
-        if name == "expanded":
-            T.take_tokens = expanded_gather
-        try:
+        with gathering(expanded=name == "expanded"):
             torch.manual_seed(0)
             out[name] = export(dataclasses.replace(spec, prune=prune), RUN / name, targets, **opts)
-        finally:
-            T.take_tokens = take
     dense = out.pop("dense")
     return {"nncf-default int8 dense": nncf_default(dense, calib_for(dense, CIFAR, 8)),
             "row gather": out["row"] / "artifacts" / "openvino-int8",
@@ -70,20 +78,15 @@ def gather_forms_diff() -> float:
     import torch
 
     from edgevit.models import ModelSpec
-    from edgevit.ops import tokens as T
     from edgevit.transforms import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelSpec("deit_tiny", num_classes=10, pretrained=False, prune=PRUNE))[0].eval()
     x = torch.randn(4, 3, 224, 224)
-    take = T.take_tokens
     with torch.no_grad():
         row = model(x)
-        T.take_tokens = expanded_gather
-        try:
+        with gathering(expanded=True):
             expanded = model(x)
-        finally:
-            T.take_tokens = take
     return float((row - expanded).abs().max())
 
 
@@ -115,19 +118,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from optimize_cpu import head_to_head
-
     diff = gather_forms_diff()
     paths = artifacts()
     profiles = {k: profile(p) for k, p in paths.items()}
     pairs = (("row gather", "expanded gather"), ("row gather", "nncf-default int8 dense"),
              ("expanded gather", "nncf-default int8 dense"))
-    runs: dict[str, list[dict]] = {f"{a} / {b}": [] for a, b in pairs}
-    for _ in range(args.repeats):
-        for a, b in pairs:
-            _, rt = head_to_head({b: paths[b], a: paths[a]}, args.rounds, precision_pct=5.0)
-            runs[f"{a} / {b}"].append({**rt.ratio(1, 0).to_dict(), "rounds_run": rt.context.get("rounds_run")})
-    ratios = {k: median_repeat(v) for k, v in runs.items()}
+    ratios = pair_ratios(paths, args.rounds, args.repeats, pairs)
     rows = [{"part": "OpenVINO per-node profile (DeiT-Ti @224, batch 1, 200 runs)", "variant": k,
              "artifact": str(paths[k].relative_to(ROOT)), **v} for k, v in profiles.items()]
     rows += [{"part": "paired ratio, the pair alone (median of the repeats)", "ratio_of": k, **v}
