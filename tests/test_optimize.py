@@ -53,7 +53,9 @@ def test_search_times_every_candidate_first_and_picks_the_fastest_within_budget(
     w, d = summary["winners"]["onnx"], summary["decisions"]["onnx"]
     # a 100-point budget: every candidate meets it, so the front (all that the search's rounds cannot call
     # slower than the fastest) is re-timed head to head; among those tied on speed the smallest drop wins
-    assert d["contenders"][0].startswith(min(rows, key=lambda r: r["estimate_ms"])["key"] + "#")
+    assert "latency-screen:onnx" in kinds and kinds.index("latency-screen:onnx") < first_acc
+    assert all("h2h_vs_fastest" in r for r in rows)  # 6 candidates: all re-timed head to head, ranked by it
+    assert d["contenders"][0].startswith(min(rows, key=lambda r: r["h2h_ms"])["key"] + "#")
     assert d["winner_key"] == f"{w['candidate']}#base"
     if len(d["contenders"]) == 1:  # the search's rounds called every other candidate slower
         assert "no other candidate" in d["why"] and all(s is None for s in d["screening"])
@@ -264,6 +266,19 @@ def test_next_finetune_short_first_then_longer_for_a_near_miss(tmp_path):
     assert D.tags(s, "evit:0.4") == ["base", "ft2", "ft4"]
 
 
+def logged_rounds(tmp_path, cands, ms):
+    """A search stand-in whose log holds three timing rounds of ``cands`` (``ms``: each transform's
+    figure per round), and those rounds."""
+    from types import SimpleNamespace
+
+    log = SearchLog(tmp_path / "search.jsonl", {"x": 1}, resume=False)
+    rounds = [{c.key: {"p50_ms": ms[c.prune][r], "p90_ms": 1.0, "estimate_ms": ms[c.prune][r]} for c in cands}
+              for r in range(3)]
+    for r, rows in enumerate(rounds):
+        log.put("latency-round", str(r), rows=rows)
+    return SimpleNamespace(cands=cands, log=log, opts=SimpleNamespace(out=tmp_path, threads=None)), rounds
+
+
 def test_decide_retimes_the_overlapping_front_and_gives_a_tie_to_the_smaller_drop(tmp_path, monkeypatch):
     """Deterministic: screening rounds in the log, accuracy and the head-to-head faked."""
     from types import SimpleNamespace
@@ -274,14 +289,9 @@ def test_decide_retimes_the_overlapping_front_and_gives_a_tie_to_the_smaller_dro
     from edgevit.run.search import median_of_rounds
 
     cands = [Candidate(p, "onnx", "onnx", p) for p in (None, "evit:0.5@1", "tome:2", "evit:0.4@1")]
-    log = SearchLog(tmp_path / "search.jsonl", {"x": 1}, resume=False)
     ms = {None: [10, 10, 10], "evit:0.5@1": [9.9, 10.4, 10.2], "tome:2": [9.8, 10.3, 10.1], "evit:0.4@1": [20, 21, 19]}
-    rounds = [{c.key: {"p50_ms": ms[c.prune][r], "p90_ms": 1.0, "estimate_ms": ms[c.prune][r]} for c in cands}
-              for r in range(3)]
-    for r, rows in enumerate(rounds):
-        log.put("latency-round", str(r), rows=rows)
+    s, rounds = logged_rounds(tmp_path, cands, ms)
     lat = median_of_rounds(rounds)
-    s = SimpleNamespace(cands=cands, log=log, opts=SimpleNamespace(out=tmp_path, threads=None))
     drops = {None: 0.8, "evit:0.5@1": 0.2, "tome:2": 3.0, "evit:0.4@1": -1.0}  # tome misses a 1-point budget
     monkeypatch.setattr(D, "first_meeting", lambda s, c: ("base", SimpleNamespace(drop_pts=drops[c.prune]))
                         if drops[c.prune] <= 1.0 else None)
@@ -300,3 +310,41 @@ def test_decide_retimes_the_overlapping_front_and_gives_a_tie_to_the_smaller_dro
     assert "wins on accuracy" in rec["why"]
     again, _ = D.decide(s, "onnx", lat, (cands[0], "base", SimpleNamespace(drop_pts=0.8)))
     assert again[0] is cands[1] and len(timed) == 1  # resumed from the log: not re-timed
+
+
+def test_screen_reranks_the_fastest_by_a_head_to_head_and_the_front_uses_it(tmp_path, monkeypatch):
+    """The search's rounds called keep 0.4 slower than keep 0.5 (blocks of runs misorder them); the
+    head-to-head screen times it faster, so the walk tries it first and the decision's screening ratio
+    comes from the screen. Deterministic: timings faked, nothing exported."""
+
+    from test_timing import synthetic
+
+    from edgevit.eval.timing import RoundTimes
+    from edgevit.run.search import median_of_rounds, speed
+
+    cands = [Candidate(p, "onnx-int8", "onnx", p) for p in (None, "evit:0.5@1", "evit:0.4@1", "tome:2")]
+    ms = {None: [10, 10, 10], "evit:0.5@1": [3.1, 3.9, 3.2], "evit:0.4@1": [6.1, 4.6, 4.2], "tome:2": [8, 8, 8]}
+    s, rounds = logged_rounds(tmp_path, cands, ms)
+    lat = median_of_rounds(rounds)
+    true = {"evit:0.5@1": 4.9, "evit:0.4@1": 4.45, "tome:2": 8.0, None: 10.0}
+    timed = []
+
+    def fake_timed(paths, **kw):
+        timed.append([p.parent.parent.name for p in paths])
+        order = [next(c.prune for c in cands if D.latency_path(s, c) == p) for p in paths]
+        t = synthetic([true[p] for p in order], rounds=kw["rounds"], iters=kw["iters"])
+        return [{}] * len(paths), RoundTimes(["?"] * len(paths), t)
+
+    monkeypatch.setattr(D, "bench_artifacts_timed", fake_timed)
+    monkeypatch.setattr(D, "SCREEN_TOP", 3)
+    D.screen(s, "onnx", lat)
+    assert timed == [["evit0.5-1", "evit0.4-1", "tome2"]]  # the 3 fastest by the rounds, the dense one left out
+    by_speed = sorted(cands, key=lambda c: speed(lat[c.key]))
+    assert [c.prune for c in by_speed] == ["evit:0.4@1", "evit:0.5@1", "tome:2", None]
+    assert lat["evit:0.4@1|onnx-int8"]["h2h_vs_fastest"]["ratio"] == 1.0
+    r = D.screening_ratio(s, "evit:0.5@1|onnx-int8", "evit:0.4@1|onnx-int8")
+    assert r.rounds >= D.H2H_ROUNDS and r.ci95[0] > 1.0  # from the screen's rounds, not the 3 block rounds
+    assert D.screening_ratio(s, "dense|onnx-int8", "evit:0.4@1|onnx-int8").rounds == 3  # not screened: the rounds
+    lat2 = median_of_rounds(rounds)
+    D.screen(s, "onnx", lat2)
+    assert len(timed) == 1 and lat2["evit:0.4@1|onnx-int8"]["h2h_ms"] == lat["evit:0.4@1|onnx-int8"]["h2h_ms"]

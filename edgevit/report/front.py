@@ -43,7 +43,7 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
         ax.annotate(str(r["n"]), (r["p50_ms"], r["drop_pts"]), textcoords="offset points", xytext=(4, 3), fontsize=7,
                     color=color)
     for fam, ns in fronts.items():
-        pts = [by_n[n] for n in ns]
+        pts = sorted((by_n[n] for n in ns), key=lambda p: p["p50_ms"])
         if pts:
             ax.step([p["p50_ms"] for p in pts], [p["drop_pts"] for p in pts], where="post",
                     color=colours.get(fam, "tab:gray"), lw=1.5, alpha=0.8)
@@ -85,6 +85,8 @@ def front_plot(rows: list[dict[str, Any]], fronts: dict[str, list[int]], path: P
 def _row(r: dict[str, Any]) -> str:
     spread = r.get("round_spread_pct")
     lat = f"{r['p50_ms']:.2f}" + (f" (±{spread / 2:.0f} %)" if spread is not None else "")
+    h2h = r.get("h2h_vs_fastest")
+    lat += f" | {h2h['ratio']:.3f} [{h2h['ci95'][0]:.3f}, {h2h['ci95'][1]:.3f}]" if h2h else " | —"
     if r.get("drop_pts") is None:
         acc = "— | — | —"
     else:
@@ -99,8 +101,8 @@ def _row(r: dict[str, Any]) -> str:
             f"{acc} | {'**winner**' if r.get('winner') else ('yes' if r.get('meets_budget') else '')} |")
 
 
-HEAD = ("| # | transforms | target | weights | p50 ms (round spread) | drop pts [95 %] | only dense / only this right "
-        "| McNemar p | within budget |\n|---|---|---|---|---|---|---|---|---|")
+HEAD = ("| # | transforms | target | weights | p50 ms (round spread) | head to head ÷ fastest [95 %] | drop pts [95 %] "
+        "| only dense / only this right | McNemar p | within budget |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def front_markdown(rows: list[dict[str, Any]], fronts: dict[str, list[int]], summary: dict[str, Any]) -> str:
@@ -108,7 +110,10 @@ def front_markdown(rows: list[dict[str, Any]], fronts: dict[str, list[int]], sum
     out = [f"# edgevit optimize\n\nBudget: top-1 drop ≤ {b['max_drop_pts']:g} pts against the dense float model "
            f"({'95 % upper bound' if b['strict'] else 'point estimate'}), paired on {b['images']} held-out images "
            f"({b['split']} split). CPU: {cpu['cpu']}, {cpu['cores']} cores, {cpu['isa_label']}. "
-           f"Latency: batch 1, median of interleaved rounds; numbers (#) key the plot (plot.png).\n"]
+           "Latency: batch 1, the median of the search's rounds (each artifact a block of runs); each runtime's "
+           "fastest few by those were re-timed head to head (short interleaved rounds, random order), and they "
+           "rank first, by that: the ÷ fastest column, with its paired 95 % interval. Numbers (#) key the plot "
+           "(plot.png).\n"]
     by_n = {r["n"]: r for r in rows}
     for fam, ns in fronts.items():
         w = summary["winners"].get(fam)

@@ -1,7 +1,12 @@
 """The speed decision of `edgevit optimize`, made with intervals instead of point figures.
 
-The search's timing rounds (every candidate, a few rounds) rank the candidates; on a shared CPU two
-artifacts a few per cent apart swap places from one run to the next. So before a runtime's winner is
+The search's timing rounds (every candidate, a few rounds, each artifact loaded and timed in a block of
+runs) screen the candidates; on a shared CPU two artifacts a few per cent apart swap places from one
+run to the next, and a block's figure moves with what ran just before it (measured: keep-0.4 EViT
+int8 timed 1.2-2.0x keep-0.5's in every one of three rounds, while head to head in a fresh process it
+was 0.91x). So each runtime's fastest candidates by the rounds (``SCREEN_TOP``) are re-timed head to
+head, all loaded at once, in many short rounds in random order (:func:`screen`), and that ordering ranks
+them (:func:`edgevit.run.search.speed`). Then, before a runtime's winner is
 chosen, its front (the fastest candidate within budget, and every other candidate within budget whose
 paired interval against it in the search's rounds reaches down to 1.0, at most ``MAX_CONTENDERS``) is
 re-timed head to head in many short rounds (:func:`edgevit.eval.timing.time_rounds`), and
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..eval.stats import Paired
-from ..eval.timing import Ratio, choose, paired_ratio
+from ..eval.timing import Ratio, RoundTimes, choose, paired_ratio
 from ..progress import say
 from .artifacts import bench_artifacts_timed
 from .search import Candidate, slug, speed
@@ -24,10 +29,46 @@ INT8_SLACK_PTS = 1.0  # int8 candidates are scored only when their float twin is
 MAX_CONTENDERS = 6  # the fastest and at most five others are re-timed head to head
 H2H_ROUNDS, H2H_ITERS = 120, 1  # short rounds: one run of each, in a random order, 120 times
 H2H_PRECISION_PCT = 5.0  # then more rounds (up to 4x) until every ratio is known to ±5 %
+SCREEN_TOP = 8  # each runtime's 8 fastest candidates by the search's rounds are re-timed head to head
+
+
+def latency_path(s, c: Candidate):
+    """The artifact the search times for ``c`` (exported for the latency model)."""
+    return s.opts.out / "latency" / slug(c.latency_prune) / "artifacts" / c.target
+
+
+def screen(s, fam: str, lat: dict[str, dict[str, Any]]) -> None:
+    """Re-time the runtime's ``SCREEN_TOP`` fastest candidates by the search's rounds head to head (logged,
+    so a resumed search reuses it) and put each one's figure there (``h2h_ms``) and its paired ratio
+    against the fastest of them (``h2h_vs_fastest``) into ``lat``: :func:`edgevit.run.search.speed` ranks
+    these candidates by it, ahead of the rest."""
+    top = sorted((c for c in s.cands if c.family == fam and c.key in lat),
+                 key=lambda c: lat[c.key].get("estimate_ms", lat[c.key]["p50_ms"]))[:SCREEN_TOP]
+    keys = [c.key for c in top]
+    if len(keys) < 2:
+        return
+    rec = s.log.get("latency-screen", fam)
+    if rec is None or rec["keys"] != keys:
+        say("latency: ", plain=f"{fam}: its {len(keys)} fastest candidates re-timed head to head ({H2H_ROUNDS} short "
+            f"rounds, more until ±{H2H_PRECISION_PCT:g} %)")
+        _, rt = bench_artifacts_timed([latency_path(s, c) for c in top], reference=False, warmup=10,
+                                      iters=H2H_ITERS, rounds=H2H_ROUNDS, precision_pct=H2H_PRECISION_PCT,
+                                      threads=s.opts.threads)
+        rt.labels = keys
+        rec = s.log.put("latency-screen", fam, keys=keys, rounds=rt.to_dict())
+    rt = RoundTimes.from_dict(rec["rounds"])
+    est = rt.estimates()
+    fastest = int(np.argmin(est))
+    for i, k in enumerate(keys):
+        lat[k].update(h2h_ms=est[i], h2h_vs_fastest=rt.ratio(i, fastest).to_dict())
 
 
 def screening_ratio(s, key: str, ref: str) -> Ratio | None:
-    """``key`` / ``ref`` from the search's own timing rounds (each round's robust figure, paired by round)."""
+    """``key`` / ``ref`` from the head-to-head screen when both were in it, else from the search's own
+    timing rounds (each round's robust figure, paired by round)."""
+    for rec in s.log.of_kind("latency-screen"):
+        if key in rec["keys"] and ref in rec["keys"]:
+            return RoundTimes.from_dict(rec["rounds"]).ratio(rec["keys"].index(key), rec["keys"].index(ref))
     rounds = [r["rows"] for r in s.log.of_kind("latency-round") if key in r["rows"] and ref in r["rows"]]
     if not rounds:
         return None
@@ -112,7 +153,7 @@ def _timed_decision(s, front, keys: list[str]) -> dict[str, Any]:
         return {"contenders": keys, "winner_key": keys[0], "drops": drops, "screening": screen,
                 "why": "no other candidate within budget is as fast in the search's rounds (each one's interval "
                        "against it is above 1.0, or it misses the budget)"}
-    paths = [s.opts.out / "latency" / slug(c.latency_prune) / "artifacts" / c.target for c, *_ in front]
+    paths = [latency_path(s, c) for c, *_ in front]
     say("decision: ", plain=f"{front[0][0].family}: {len(front)} candidates within budget overlap the fastest; "
         f"re-timing them head to head ({H2H_ROUNDS} short rounds, more until ±{H2H_PRECISION_PCT:g} %)")
     rows, rt = bench_artifacts_timed(paths, reference=False, warmup=10, iters=H2H_ITERS, rounds=H2H_ROUNDS,

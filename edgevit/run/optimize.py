@@ -1,10 +1,11 @@
 """`edgevit optimize`: the fastest artifact for a runtime within an accuracy budget, found by search.
 
 Latency first: latency does not depend on weight values, so every candidate (token reduction ×
-the float and int8 targets of each runtime) is exported and timed on this machine in interleaved
-rounds before any accuracy is spent. Then, fastest first, each candidate's accuracy is compared with
-the dense float model on a held-out split (disjoint from the calibration and fine-tune images,
-paired statistics); the first within budget is the runtime's best, and only transforms with a
+the float and int8 targets of each runtime) is exported and timed on this machine in rounds
+before any accuracy is spent, and each runtime's fastest few are re-timed head to head (short
+interleaved rounds, all loaded at once), which ranks them. Then, fastest first, each candidate's
+accuracy is compared with the dense float model on a held-out split (disjoint from the calibration
+and fine-tune images, paired statistics); the first within budget is the runtime's best, and only transforms with a
 candidate faster than the best so far get a short fine-tune (distilled from the dense model).
 Every finished step is appended to ``search.jsonl``; a killed search resumes from it (``--resume``).
 The time budget bounds exports, timing rounds beyond the first, int8 scoring and fine-tunes; the
@@ -31,7 +32,7 @@ from ..progress import duration, say
 from ..transforms.base import TransformError
 from ..transforms.tokens import patch_tokens
 from .artifacts import bench_artifacts, load_artifact
-from .decide import decide, first_meeting
+from .decide import decide, first_meeting, screen
 from .export import ExportOptions, run_export
 from .search import (
     Candidate,
@@ -188,7 +189,8 @@ class Search:
 
     # --- latency ---------------------------------------------------------------------------
     def latencies(self) -> dict[str, dict[str, Any]]:
-        """Export every candidate for the latency model and time them all in interleaved rounds."""
+        """Export every candidate for the latency model and time them all in rounds (each artifact a block
+        of runs), then re-time each runtime's fastest few head to head (:func:`edgevit.run.decide.screen`)."""
         groups = []
         for p in self.space:
             lat_p = next(c.latency_prune for c in self.cands if c.prune == p)
@@ -205,7 +207,7 @@ class Search:
                 break
             done.append(r)
             say("latency: ", plain=f"round {r + 1} of {self.opts.rounds} over {sum(len(g) for _, g in groups)} "
-                "artifacts (interleaved, batch 1)")
+                "artifacts (each a block of runs, batch 1)")
             t0, rows = time.monotonic(), {}
             for _, arts in groups:
                 timed = bench_artifacts([a for _, a in arts], reference=False, warmup=self.opts.warmup,
@@ -214,7 +216,10 @@ class Search:
                     rows[cand.key] = {k: row[k] for k in ("p50_ms", "p90_ms", "estimate_ms", "runtime_precision")
                                       if k in row}
             self.log.put("latency-round", str(r), rows=rows, seconds=time.monotonic() - t0)
-        return median_of_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
+        lat = median_of_rounds([self.log.get("latency-round", str(r))["rows"] for r in done])
+        for fam in self.opts.families:  # the fastest few of each runtime re-timed head to head: they rank by it
+            screen(self, fam, lat)
+        return lat
 
     def _latency_artifacts(self, prune: str | None, lat_prune: str | None) -> list[tuple[Candidate, Path]]:
         out = self.opts.out / "latency" / slug(lat_prune)

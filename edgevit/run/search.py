@@ -261,6 +261,11 @@ def median_of_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[
     return out
 
 
-def speed(lat: dict[str, Any]) -> float:
-    """The figure candidates are ranked by: the robust estimate (a search logged before it: the p50)."""
-    return lat.get("estimate_ms", lat["p50_ms"])
+def speed(lat: dict[str, Any]) -> tuple[int, float]:
+    """What candidates are ranked by (lower is faster): those re-timed head to head
+    (:func:`edgevit.run.decide.screen`) first, by that figure; then the rest by the search's rounds'
+    robust estimate (a search logged before it: the p50). The two figures are not on one scale (a
+    block of runs is faster than single interleaved runs), so they are never compared with each other."""
+    if "h2h_ms" in lat:
+        return 0, lat["h2h_ms"]
+    return 1, lat.get("estimate_ms", lat["p50_ms"])

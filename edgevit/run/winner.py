@@ -18,12 +18,13 @@ from ..progress import say
 from ..report.front import front_markdown, front_plot
 from .artifacts import load_artifact
 from .export import ExportOptions, run_export
-from .search import Candidate, SearchError, pareto, search_options
+from .search import Candidate, SearchError, pareto, search_options, speed
 
 
 def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
     """One row per candidate and weights tried (untuned, fine-tuned, with int8 fallbacks), plus one
-    per candidate never scored (slower than its runtime's winner), numbered fastest first."""
+    per candidate never scored (slower than its runtime's winner), numbered fastest first (as the search
+    ranks them: :func:`edgevit.run.search.speed`)."""
     rows = []
     for c in s.cands:
         if c.key not in lat:
@@ -47,7 +48,7 @@ def rows_of(s, lat: dict[str, dict[str, Any]], best) -> list[dict[str, Any]]:
             rows.append({**base, "weights": None, "tag": None, "int8_extra": [], "meets_budget": None,
                          "not_scored": "slower than this runtime's winner (its accuracy could not change the "
                                        "answer), or int8 whose float twin misses the budget by over a point"})
-    rows.sort(key=lambda r: (r["p50_ms"], r.get("drop_pts") if r.get("drop_pts") is not None else 1e9))
+    rows.sort(key=lambda r: (*speed(r), r.get("drop_pts") if r.get("drop_pts") is not None else 1e9))
     for i, r in enumerate(rows, 1):
         r["n"] = i
         for fam, b in best.items():
@@ -116,7 +117,7 @@ def confirm(s, art: Path) -> Paired:
 def finish(s, lat: dict[str, dict[str, Any]], best, decisions: dict[str, Any] | None = None) -> dict[str, Any]:
     o, t0 = s.opts, time.monotonic()
     rows = rows_of(s, lat, best)
-    fronts = {fam: [r["n"] for r in pareto([(r["p50_ms"], r["drop_pts"], r) for r in rows
+    fronts = {fam: [r["n"] for r in pareto([(r["n"], r["drop_pts"], r) for r in rows
                                               if r["family"] == fam and r.get("drop_pts") is not None])]
               for fam in o.families}
     cpu = cpu_facts()
