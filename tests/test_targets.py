@@ -65,6 +65,19 @@ def test_onnx_graph_is_opset17_with_layernorm_and_dynamic_batch(run_dir):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
 
 
+def test_onnx_runner_workers_do_not_spin(run_dir, monkeypatch):
+    """An ORT session's idle workers would spin through whatever runs next on the same cores (another
+    session timed beside it): edgevit's runner opens sessions with spinning off."""
+    import onnxruntime as ort
+
+    seen = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, opts, **kw: seen.append(opts) or real(path, opts, **kw))
+    _, runner, _, _ = load_artifact(run_dir / "artifacts" / "onnx-int8", threads=2)
+    assert [o.get_session_config_entry("session.intra_op.allow_spinning") for o in seen] == ["0"]
+    assert seen[0].intra_op_num_threads == 2 and runner.info["intra_op_spinning"] is False
+
+
 def test_validation_and_bench_results_cover_every_target(run_dir):
     val = json.loads((run_dir / "results" / "validate.json").read_text())
     bench = json.loads((run_dir / "results" / "bench.json").read_text())
