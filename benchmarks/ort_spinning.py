@@ -9,9 +9,9 @@ them: dense fp32 (`onnx`), dense static Q/DQ int8 and EViT keep 0.4 at blocks 1,
 calibrated on 8 CIFAR images, as `edgevit optimize` exports its latency artifacts). Four protocols, each
 in the same paired-ratio machinery (per-round lower quartile, median per-round ratio, bootstrap 95 %
 interval): one-run rounds and blocks of 20 runs per round, each with spinning on (ORT's default, what
-edgevit's runner uses) and off. The protocols take turns, --repeats times; each ratio is the median
-repeat. Figures only: no issue sets a bar here; the script measures what edgevit's ORT ratios are
-worth.
+edgevit's runner used before this script) and off (what it uses now). The protocols take turns,
+--repeats times; each ratio is the median repeat. One check, the claim the runner's setting rests on:
+with spinning off, one-run rounds and blocks agree on int8 / fp32 within 3 %; the rest are figures.
 
     python benchmarks/ort_spinning.py [--rounds 400] [--repeats 5]
 """
@@ -111,9 +111,10 @@ def main() -> None:
         check("blocks_ratio_spinning_on_vs_off_pct",
               100 * (ratio("blocks of 20, spinning on", key) / ratio("blocks of 20, spinning off", key) - 1),
               "<=", None, why),
-        check("spinning_off_one_run_vs_blocks_pct",
-              100 * (ratio("one-run rounds, spinning off", key) / ratio("blocks of 20, spinning off", key) - 1),
-              "<=", None, why),
+        # the claim edgevit's runner rests on: with spinning off, the protocols agree on the ratio
+        check("spinning_off_protocols_disagree_pct",
+              100 * abs(ratio("one-run rounds, spinning off", key) / ratio("blocks of 20, spinning off", key) - 1),
+              "<=", 3.0),
         check("spinning_on_one_run_vs_blocks_pct",
               100 * (ratio("one-run rounds, spinning on", key) / ratio("blocks of 20, spinning on", key) - 1),
               "<=", None, why),

@@ -94,8 +94,8 @@ class OnnxTarget(Target):
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # Idle workers do not spin: a spinning session's workers slow whatever runs next on the same cores
-        # (another session timed beside it, a model's other runtime), and benchmarks/ort_spinning.py
-        # measured spinning-on ratios moving 8 % between timing protocols against 0.3 % with it off
+        # (another session timed beside it, a model's other runtime): benchmarks/ort_spinning.py measured
+        # int8/fp32 8-26 % apart between two timing protocols with spinning on, under 1 % with it off
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers()
         sess = ort.InferenceSession(str(path), opts, providers=providers)
