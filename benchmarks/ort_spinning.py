@@ -54,15 +54,15 @@ def artifacts() -> dict[str, Path]:
 
 
 def session(art: Path, spinning: bool, threads: int = 2):
-    """A run of the artifact's model as edgevit's ONNX runner opens it, spinning on or off."""
+    """A run of the artifact's model with the session options edgevit's ONNX runner uses, spinning on or off."""
     import numpy as np
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sess = ort.InferenceSession(str(art / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    from edgevit.targets import get_target, read_manifest
+
+    target = get_target(read_manifest(art)[1]["target"])
+    opts = target.session_options(threads, spinning=spinning)
+    sess = ort.InferenceSession(str(art / target.model_file), opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")}
     return lambda: sess.run(None, feed)
 

@@ -6,10 +6,10 @@ run to the next, and a block's figure moves with what ran just before it (measur
 int8 timed 1.2-2.0x keep-0.5's in every one of three rounds, while head to head in a fresh process it
 was 0.91x). So each runtime's fastest candidates by the rounds (``SCREEN_TOP``) are re-timed head to
 head, all loaded at once, in many short rounds in random order (:func:`screen`), and that ordering ranks
-them (:func:`edgevit.run.search.speed`). Then, before a runtime's winner is
-chosen, its front (the fastest candidate within budget, and every other candidate within budget whose
-paired interval against it in the search's rounds reaches down to 1.0, at most ``MAX_CONTENDERS``) is
-re-timed head to head in many short rounds (:func:`edgevit.eval.timing.time_rounds`), and
+them (:func:`edgevit.run.search.speed`). Then, before a runtime's winner is chosen, its front (the
+fastest candidate within budget, and every other candidate within budget whose paired interval against
+it in the screen (or, outside it, the search's rounds) reaches down to 1.0, at most ``MAX_CONTENDERS``)
+is re-timed head to head in many short rounds (:func:`edgevit.eval.timing.time_rounds`), and
 :func:`edgevit.eval.timing.choose` applies the tie rule: the fastest wins unless others are tied with it
 on speed (their paired ratio's interval spans 1.0); among the tied, the smallest top-1 drop wins.
 """
@@ -37,13 +37,22 @@ def latency_path(s, c: Candidate):
     return s.opts.out / "latency" / slug(c.latency_prune) / "artifacts" / c.target
 
 
+def head_to_head(s, cands: list[Candidate], keys: list[str]) -> tuple[list[dict[str, Any]], RoundTimes]:
+    """The candidates' latency artifacts timed together in short rounds (``H2H_ROUNDS`` one-run rounds,
+    random order, more until ±``H2H_PRECISION_PCT``): the rows, and the rounds labelled with ``keys``."""
+    rows, rt = bench_artifacts_timed([latency_path(s, c) for c in cands], reference=False, warmup=10,
+                                     iters=H2H_ITERS, rounds=H2H_ROUNDS, precision_pct=H2H_PRECISION_PCT,
+                                     threads=s.opts.threads)
+    rt.labels = keys
+    return rows, rt
+
+
 def screen(s, fam: str, lat: dict[str, dict[str, Any]]) -> None:
     """Re-time the runtime's ``SCREEN_TOP`` fastest candidates by the search's rounds head to head (logged,
     so a resumed search reuses it) and put each one's figure there (``h2h_ms``) and its paired ratio
     against the fastest of them (``h2h_vs_fastest``) into ``lat``: :func:`edgevit.run.search.speed` ranks
     these candidates by it, ahead of the rest."""
-    top = sorted((c for c in s.cands if c.family == fam and c.key in lat),
-                 key=lambda c: lat[c.key].get("estimate_ms", lat[c.key]["p50_ms"]))[:SCREEN_TOP]
+    top = sorted((c for c in s.cands if c.family == fam and c.key in lat), key=lambda c: speed(lat[c.key]))[:SCREEN_TOP]
     keys = [c.key for c in top]
     if len(keys) < 2:
         return
@@ -51,10 +60,7 @@ def screen(s, fam: str, lat: dict[str, dict[str, Any]]) -> None:
     if rec is None or rec["keys"] != keys:
         say("latency: ", plain=f"{fam}: its {len(keys)} fastest candidates re-timed head to head ({H2H_ROUNDS} short "
             f"rounds, more until ±{H2H_PRECISION_PCT:g} %)")
-        _, rt = bench_artifacts_timed([latency_path(s, c) for c in top], reference=False, warmup=10,
-                                      iters=H2H_ITERS, rounds=H2H_ROUNDS, precision_pct=H2H_PRECISION_PCT,
-                                      threads=s.opts.threads)
-        rt.labels = keys
+        _, rt = head_to_head(s, top, keys)
         rec = s.log.put("latency-screen", fam, keys=keys, rounds=rt.to_dict())
     rt = RoundTimes.from_dict(rec["rounds"])
     est = rt.estimates()
@@ -153,13 +159,9 @@ def _timed_decision(s, front, keys: list[str]) -> dict[str, Any]:
         return {"contenders": keys, "winner_key": keys[0], "drops": drops, "screening": screen,
                 "why": "no other candidate within budget is as fast in the search's rounds (each one's interval "
                        "against it is above 1.0, or it misses the budget)"}
-    paths = [latency_path(s, c) for c, *_ in front]
     say("decision: ", plain=f"{front[0][0].family}: {len(front)} candidates within budget overlap the fastest; "
         f"re-timing them head to head ({H2H_ROUNDS} short rounds, more until ±{H2H_PRECISION_PCT:g} %)")
-    rows, rt = bench_artifacts_timed(paths, reference=False, warmup=10, iters=H2H_ITERS, rounds=H2H_ROUNDS,
-                                     precision_pct=H2H_PRECISION_PCT,
-                                     threads=s.opts.threads)
-    rt.labels = keys
+    rows, rt = head_to_head(s, [c for c, *_ in front], keys)
     ch = choose(rt, drops)
     return {"contenders": keys, "winner_key": keys[ch.winner], "drops": drops, "screening": screen,
             **ch.to_dict(keys), "p50_ms": [r["p50_ms"] for r in rows], "context": rt.context}

@@ -43,6 +43,7 @@ from .int8 import Int8Target
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization",
              "Gelu", "FastGelu", "BiasGelu")
+SPINNING = "session.intra_op.allow_spinning"  # ORT's session config key: idle intra-op workers spin
 FUSION_FIX = "drop --ort-fusion for this model (ONNX Runtime's transformer fusion is for ViT attention)"
 
 
@@ -82,7 +83,12 @@ class OnnxTarget(Target):
     def load(self, art_dir: Path, threads: int | None = None) -> Runner:
         return self.load_file(art_dir / self.model_file, threads)
 
-    def load_file(self, path: Path, threads: int | None = None) -> Runner:
+    def session_options(self, threads: int | None = None, spinning: bool = False):
+        """The ORT session options edgevit runs this target's graphs with. ``spinning``: idle intra-op
+        workers spin after a run (ORT's default); off, because a spinning session's workers slow whatever
+        runs next on the same cores (another session timed beside it, a model's other runtime):
+        benchmarks/ort_spinning.py measured int8/fp32 8-26 % apart between two timing protocols with
+        spinning on, under 1 % with it off."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -93,10 +99,13 @@ class OnnxTarget(Target):
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # Idle workers do not spin: a spinning session's workers slow whatever runs next on the same cores
-        # (another session timed beside it, a model's other runtime): benchmarks/ort_spinning.py measured
-        # int8/fp32 8-26 % apart between two timing protocols with spinning on, under 1 % with it off
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry(SPINNING, "1" if spinning else "0")
+        return opts
+
+    def load_file(self, path: Path, threads: int | None = None) -> Runner:
+        import onnxruntime as ort
+
+        opts = self.session_options(threads)
         providers = _providers()
         sess = ort.InferenceSession(str(path), opts, providers=providers)
         name = sess.get_inputs()[0].name
@@ -105,7 +114,8 @@ class OnnxTarget(Target):
             return sess.run(None, {name: x})[0].astype(np.float32, copy=False)
 
         return Runner(predict, {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
-                                "precision": self.precision, "intra_op_spinning": False})
+                                "precision": self.precision,
+                                "intra_op_spinning": opts.get_session_config_entry(SPINNING) == "1"})
 
     def notice(self, manifest: dict[str, Any], art_dir: Path) -> str | None:
         warns = (manifest.get("export", {}).get("ort_fusion") or {}).get("warnings", [])
