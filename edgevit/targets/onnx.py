@@ -84,11 +84,8 @@ class OnnxTarget(Target):
         return self.load_file(art_dir / self.model_file, threads)
 
     def session_options(self, threads: int | None = None, spinning: bool = False):
-        """The ORT session options edgevit runs this target's graphs with. ``spinning``: idle intra-op
-        workers spin after a run (ORT's default); off, because a spinning session's workers slow whatever
-        runs next on the same cores (another session timed beside it, a model's other runtime):
-        benchmarks/ort_spinning.py measured int8/fp32 8-26 % apart between two timing protocols with
-        spinning on, under 1 % with it off."""
+        """edgevit's ORT session options; ``spinning`` off: spinning idle workers slow the next session timed
+        on the same cores (benchmarks/ort_spinning.py: two protocols 8-26 % apart with it on, <1 % off)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -96,9 +93,7 @@ class OnnxTarget(Target):
         # nn.MultiheadAttention's fp16 graph (open_clip's towers); they speed up only fp32 NCHW work anyway
         level = "ORT_ENABLE_EXTENDED" if self.precision == "fp16" else "ORT_ENABLE_ALL"
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads or 0, 1  # 0: ORT's own default
         opts.add_session_config_entry(SPINNING, "1" if spinning else "0")
         return opts
 
@@ -106,8 +101,7 @@ class OnnxTarget(Target):
         import onnxruntime as ort
 
         opts = self.session_options(threads)
-        providers = _providers()
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
+        sess = ort.InferenceSession(str(path), opts, providers=_providers())
         name = sess.get_inputs()[0].name
 
         def predict(x: np.ndarray) -> np.ndarray:
